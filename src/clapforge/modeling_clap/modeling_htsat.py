@@ -1,0 +1,296 @@
+"""HTS-AT (Chen et al. 2022), the Swin-transformer audio encoder of LAION-CLAP, over a log-mel image.
+
+Shape letters: B batch, C input channels (1, or 4 with fusion: global + front/middle/back crops), T frames,
+F mel bins, H/W token grid, N tokens (H*W or a window's size), D width, h heads, w windows per clip.
+
+Parameter names follow LAION's `htsat.py` (`patch_embed.*`, `layers.{i}.blocks.{j}.attn.qkv`, ...) so its
+checkpoints load by renaming the `audio_branch.` prefix only. LAION's AudioSet heads (`tscam_conv`, `head`) are
+not part of the encoder: CLAP embeddings never use them.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from .configuration_laion_clap import HtsatConfig
+from .modeling_fusion import AttentionalFeatureFusion
+
+# Swin's shifted-window mask value: large enough to zero a softmax weight, small enough to stay finite in fp16.
+SHIFT_MASK_VALUE = -100.0
+
+
+def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, H, W, D) -> (B, w, window*window, D)."""
+    b, h, w, d = x.shape
+    x = x.view(b, h // window, window, w // window, window, d)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, -1, window * window, d)  # (B, w, N, D)
+
+
+def window_merge(windows: torch.Tensor, window: int, h: int, w: int) -> torch.Tensor:
+    """(B, w, window*window, D) -> (B, H, W, D)."""
+    b, _, _, d = windows.shape
+    x = windows.view(b, h // window, w // window, window, window, d)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, d)  # (B, H, W, D)
+
+
+def relative_position_index(window: int) -> torch.Tensor:
+    """(N, N) index into the (2*window-1)**2 relative-position bias table."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)  # (N, N, 2)
+    return rel[..., 0] * (2 * window - 1) + rel[..., 1]
+
+
+def shifted_window_mask(h: int, w: int, window: int, shift: int) -> torch.Tensor:
+    """(w, N, N) additive mask keeping attention inside the regions a cyclic shift glued together."""
+    row = (torch.arange(h) >= h - window).long() + (torch.arange(h) >= h - shift).long()
+    col = (torch.arange(w) >= w - window).long() + (torch.arange(w) >= w - shift).long()
+    region = (row[:, None] * 3 + col[None, :]).float()[None, :, :, None]  # (1, H, W, 1)
+    region = window_partition(region, window)[0, :, :, 0]  # (w, N)
+    different = region[:, None, :] != region[:, :, None]
+    return torch.zeros(different.shape).masked_fill(different, SHIFT_MASK_VALUE)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops a sample's whole residual branch in training."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows, with a learned relative-position bias."""
+
+    def __init__(self, dim: int, heads: int, window: int, qkv_bias: bool, attn_drop: float, proj_drop: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.window = window
+        self.attn_drop = attn_drop
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
+        # Not persistent: derived from the window size, and rebuilt by `_init_weights` after meta-device loading.
+        self.register_buffer("relative_position_index", relative_position_index(window), persistent=False)
+
+    def forward(self, x: torch.Tensor, shift_mask: torch.Tensor | None) -> torch.Tensor:
+        """x: (B, w, N, D), shift_mask: (w, N, N) or None -> (B, w, N, D)."""
+        b, nw, n, d = x.shape
+        qkv = self.qkv(x).view(b, nw, n, 3, self.heads, d // self.heads)
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # 3 x (B, w, h, N, D/h)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        bias = bias.view(n, n, self.heads).permute(2, 0, 1)  # (h, N, N)
+        mask = bias if shift_mask is None else bias + shift_mask[:, None]  # (h, N, N) or (w, h, N, N)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask.to(q.dtype), dropout_p=self.attn_drop if self.training else 0.0
+        )  # (B, w, h, N, D/h)
+        out = out.transpose(2, 3).reshape(b, nw, n, d)  # (B, w, N, D)
+        return self.proj_drop(self.proj(out))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, act: str, drop: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU() if act == "gelu" else nn.ReLU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class SwinBlock(GradientCheckpointingLayer):
+    """Pre-norm Swin block: (shifted) window attention then MLP, each with a residual and stochastic depth."""
+
+    def __init__(
+        self,
+        dim: int,
+        resolution: tuple[int, int],
+        heads: int,
+        window: int,
+        shift: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        act: str,
+        drop: float,
+        attn_drop: float,
+        drop_path: float,
+        eps: float,
+    ) -> None:
+        super().__init__()
+        self.resolution = resolution
+        if min(resolution) <= window:
+            # The grid fits in one window: no partition, and nothing to shift.
+            window, shift = min(resolution), 0
+        self.window, self.shift = window, shift
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = WindowAttention(dim, heads, window, qkv_bias, attn_drop, drop)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act, drop)
+        mask = shifted_window_mask(*resolution, window, shift) if shift else None
+        self.register_buffer("attn_mask", mask, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, N, D) -> (B, N, D)."""
+        b, _, d = x.shape
+        h, w = self.resolution
+        y = self.norm1(x).view(b, h, w, d)  # (B, H, W, D)
+        if self.shift:
+            y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        y = self.attn(window_partition(y, self.window), self.attn_mask)  # (B, w, N, D)
+        y = window_merge(y, self.window, h, w)  # (B, H, W, D)
+        if self.shift:
+            y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
+        x = x + self.drop_path(y.reshape(b, h * w, d))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchMerging(nn.Module):
+    """Halves the grid and doubles the width: each 2x2 neighbourhood becomes one token."""
+
+    def __init__(self, dim: int, resolution: tuple[int, int], eps: float) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.norm = nn.LayerNorm(4 * dim, eps=eps)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, H*W, D) -> (B, H*W/4, 2D)."""
+        b, _, d = x.shape
+        x = x.view(b, *self.resolution, d)  # (B, H, W, D)
+        # LAION's order: (even row, even col), (odd, even), (even, odd), (odd, odd).
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        x = x.view(b, -1, 4 * d)  # (B, H*W/4, 4D)
+        return self.reduction(self.norm(x))
+
+
+class SwinStage(nn.Module):
+    def __init__(
+        self,
+        dim: int,
+        resolution: tuple[int, int],
+        depth: int,
+        heads: int,
+        window: int,
+        drop_paths: list[float],
+        downsample: bool,
+        block_kwargs: dict,
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            SwinBlock(dim, resolution, heads, window, 0 if i % 2 == 0 else window // 2, drop_path=drop_paths[i],
+                      **block_kwargs)
+            for i in range(depth)
+        )
+        self.downsample = PatchMerging(dim, resolution, block_kwargs["eps"]) if downsample else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x if self.downsample is None else self.downsample(x)
+
+
+class PatchEmbed(nn.Module):
+    """Cuts the log-mel image into patches; with fusion, mixes in the three local crops of longer clips."""
+
+    def __init__(self, channels: int, patch: int, stride: int, eps: float, fusion: bool, aff_reduction: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(1, channels, kernel_size=patch, stride=stride)
+        self.norm = nn.LayerNorm(channels, eps=eps)
+        self.fusion = fusion
+        if fusion:
+            # Three local crops sit side by side along time, so each is squeezed 3x more in that axis.
+            self.mel_conv2d = nn.Conv2d(1, channels, kernel_size=(patch, 3 * patch), stride=(stride, 3 * stride))
+            self.fusion_model = AttentionalFeatureFusion(channels, aff_reduction)
+
+    def forward(self, image: torch.Tensor, longer: torch.Tensor | None) -> torch.Tensor:
+        """image: (B, C, S, S), longer: (B,) bool or None -> (B, N, D)."""
+        tokens = self.proj(image[:, :1])  # (B, D, H, W)
+        if self.fusion and longer is not None and bool(longer.any()):
+            tokens = self._fuse_local_crops(tokens, image, longer)
+        return self.norm(tokens.flatten(2).transpose(1, 2))  # (B, N, D)
+
+    def _fuse_local_crops(self, tokens: torch.Tensor, image: torch.Tensor, longer: torch.Tensor) -> torch.Tensor:
+        local = image[longer, 1:]  # (b, 3, S, S)
+        b, crops, s, _ = local.shape
+        local = self.mel_conv2d(local.reshape(b * crops, 1, s, s))  # (b*3, D, H, W/3)
+        local = local.view(b, crops, *local.shape[1:]).permute(0, 2, 3, 1, 4).flatten(3)  # (b, D, H, 3*(W/3))
+        width = tokens.shape[-1]
+        local = F.pad(local, (0, width - local.shape[-1]))  # (b, D, H, W): pads (or crops) to the global width
+        fused = self.fusion_model(tokens[longer], local)
+        return tokens.index_put((longer.nonzero()[:, 0],), fused)
+
+
+class HtsatAudioEncoder(nn.Module):
+    """Log-mel (B, C, T, F) -> pooled audio feature (B, D)."""
+
+    def __init__(self, config: HtsatConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.freq_ratio = config.spec_size // config.num_mel_bins
+        self.bn0 = nn.BatchNorm2d(config.num_mel_bins)
+        self.patch_embed = PatchEmbed(
+            config.embed_dim, config.patch_size, config.patch_stride, config.layer_norm_eps,
+            config.enable_fusion, config.aff_reduction,
+        )
+        grid = config.spec_size // config.patch_stride
+        drop_paths = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+        block_kwargs = dict(
+            mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias, act=config.hidden_act, drop=config.drop_rate,
+            attn_drop=config.attn_drop_rate, eps=config.layer_norm_eps,
+        )
+        self.layers = nn.ModuleList()
+        for i, (depth, heads) in enumerate(zip(config.depths, config.num_heads, strict=True)):
+            start = sum(config.depths[:i])
+            self.layers.append(
+                SwinStage(
+                    dim=config.embed_dim * 2**i,
+                    resolution=(grid // 2**i, grid // 2**i),
+                    depth=depth,
+                    heads=heads,
+                    window=config.window_size,
+                    drop_paths=drop_paths[start : start + depth],
+                    downsample=i < len(config.depths) - 1,
+                    block_kwargs=block_kwargs,
+                )
+            )
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def mel_to_image(self, mel: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, F) -> (B, C, S, S): time stretched to S*r frames, then folded into r bands stacked on F."""
+        b, c, t, f = mel.shape
+        r, s = self.freq_ratio, self.config.spec_size
+        if t > s * r or f != self.config.num_mel_bins:
+            raise ValueError(f"input_features must have at most {s * r} frames and {self.config.num_mel_bins} mel "
+                             f"bins, got {tuple(mel.shape)}")
+        if t < s * r:
+            mel = F.interpolate(mel, (s * r, f), mode="bicubic", align_corners=True)  # (B, C, S*r, F)
+        mel = mel.reshape(b, c * r, s, f).transpose(2, 3)  # (B, C*r, F, S)
+        return mel.reshape(b, c, r * f, s)  # (B, C, S, S)
+
+    def forward(self, input_features: torch.Tensor, is_longer: torch.Tensor | None = None) -> torch.Tensor:
+        """input_features: (B, C, T, F), is_longer: (B, 1) bool or None -> (B, D)."""
+        if input_features.ndim != 4:
+            raise ValueError(f"input_features must be (batch, channels, frames, mel_bins), got {tuple(input_features.shape)}")
+        channels = input_features.shape[1]
+        if channels == 4 and not self.config.enable_fusion:
+            raise ValueError("this model was built without fusion but got 4-channel (fusion) input_features; "
+                             "use a feature extractor with truncation='rand_trunc'")
+        # BatchNorm over mel bins: put F in the channel slot, then back.
+        x = self.bn0(input_features.transpose(1, 3)).transpose(1, 3)  # (B, C, T, F)
+        longer = None
+        if channels == 4 and is_longer is not None:
+            longer = is_longer.reshape(-1).to(device=x.device, dtype=torch.bool)
+        x = self.patch_embed(self.mel_to_image(x), longer)  # (B, N, D)
+        for stage in self.layers:
+            x = stage(x)
+        return self.norm(x).mean(dim=1)  # (B, D)

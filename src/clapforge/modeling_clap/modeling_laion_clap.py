@@ -1,0 +1,215 @@
+"""LAION-CLAP: an audio encoder and a text encoder, each followed by a projection MLP into one joint space.
+
+Shape letters: B batch (audio clips or texts), C input channels, T frames, F mel bins, L text tokens,
+D encoder width, E joint embedding width.
+
+Public tensor names follow transformers' `ClapModel` (`input_features`, `is_longer`, `audio_embeds`,
+`logits_per_audio`), so pipelines and user code written for it work here.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_laion_clap import HtsatConfig, LaionClapConfig, PannConfig
+from .modeling_htsat import HtsatAudioEncoder, SwinBlock, WindowAttention, relative_position_index, shifted_window_mask
+from .modeling_pann import PannAudioEncoder, init_pann_weights
+
+
+def contrastive_loss(audio_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over matching rows: audio i belongs with text i.
+
+    audio_embeds, text_embeds: (B, E), L2-normalised. `logit_scale` is the *log* of the temperature's inverse.
+    One scale serves both directions, as in LAION's `ClipLoss` (its `logit_scale_t` is only for the unused MLP loss).
+    """
+    logits = logit_scale.exp() * audio_embeds @ text_embeds.T  # (B, B)
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+@dataclass
+class LaionClapOutput(ModelOutput):
+    """audio_embeds (B_a, E) and text_embeds (B_t, E) are L2-normalised; logits_per_audio is (B_a, B_t)."""
+
+    loss: torch.Tensor | None = None
+    logits_per_audio: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    audio_embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+
+
+@dataclass
+class LaionClapEmbeddingOutput(ModelOutput):
+    embeds: torch.Tensor | None = None
+
+
+class ProjectionHead(nn.Module):
+    """Two-layer MLP from an encoder's width into the joint space (LAION: Linear, ReLU, Linear)."""
+
+    def __init__(self, in_dim: int, out_dim: int, act: str) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(in_dim, out_dim)
+        self.activation = nn.ReLU() if act == "relu" else nn.GELU()
+        self.linear2 = nn.Linear(out_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear2(self.activation(self.linear1(x)))
+
+
+def build_audio_encoder(config: HtsatConfig | PannConfig) -> nn.Module:
+    # Dispatch on model_type, not isinstance: remote code loads a second copy of the config classes.
+    if config.model_type == HtsatConfig.model_type:
+        return HtsatAudioEncoder(config)
+    if config.model_type == PannConfig.model_type:
+        return PannAudioEncoder(config)
+    raise ValueError(f"unknown audio encoder type {config.model_type!r}")
+
+
+def pool_text(hidden: torch.Tensor, pooler_output: torch.Tensor | None, mask: torch.Tensor, rule: str) -> torch.Tensor:
+    """hidden: (B, L, D), mask: (B, L) -> (B, D), by the configured pooling rule."""
+    if rule == "pooler":
+        if pooler_output is None:
+            raise ValueError("text_pooling='pooler' needs a text encoder with a pooler; use 'cls', 'mean' or 'last'")
+        return pooler_output
+    if rule == "cls":
+        return hidden[:, 0]
+    mask = mask.to(hidden.dtype)
+    if rule == "mean":
+        return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+    # "last": the last non-padding token, wherever the tokenizer padded.
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    last = (positions * mask).argmax(dim=1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+class LaionClapPreTrainedModel(PreTrainedModel):
+    config: LaionClapConfig
+    config_class = LaionClapConfig
+    base_model_prefix = "laion_clap"
+    main_input_name = "input_features"
+    input_modalities = ("audio", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, WindowAttention):
+            init.trunc_normal_(module.relative_position_bias_table, std=0.02)
+            init.copy_(module.relative_position_index, relative_position_index(module.window))
+        elif isinstance(module, SwinBlock) and module.attn_mask is not None:
+            init.copy_(module.attn_mask, shifted_window_mask(*module.resolution, module.window, module.shift))
+        elif hasattr(module, "logit_scale_a"):
+            init.constant_(module.logit_scale_a, math.log(self.config.logit_scale_init_value))
+            init.constant_(module.logit_scale_t, math.log(self.config.logit_scale_init_value))
+        if self.config.audio_config.model_type == PannConfig.model_type:
+            init_pann_weights(module)
+
+
+class _AudioTower:
+    """The audio half, shared by the joint model and the audio-only model."""
+
+    def get_audio_embeds(self, input_features: torch.Tensor, is_longer: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, T, F) log-mel -> (B, E) L2-normalised audio embeddings."""
+        pooled = self.audio_model(input_features, is_longer)  # (B, D)
+        return F.normalize(self.audio_projection(pooled), dim=-1)
+
+
+class _TextTower:
+    """The text half, shared by the joint model and the text-only model."""
+
+    def get_text_embeds(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, L) token ids -> (B, E) L2-normalised text embeddings."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        out = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        pooled = pool_text(out.last_hidden_state, getattr(out, "pooler_output", None), attention_mask,
+                           self.config.text_pooling)  # (B, D)
+        return F.normalize(self.text_projection(pooled), dim=-1)
+
+
+class LaionClapModel(_AudioTower, _TextTower, LaionClapPreTrainedModel):
+    """The full CLAP: `forward` scores every clip against every text; one call per tower gives embeddings."""
+
+    def __init__(self, config: LaionClapConfig) -> None:
+        super().__init__(config)
+        self.text_model = AutoModel.from_config(config.text_config)
+        self.text_projection = ProjectionHead(config.text_config.hidden_size, config.projection_dim,
+                                              config.projection_hidden_act)
+        self.audio_model = build_audio_encoder(config.audio_config)
+        self.audio_projection = ProjectionHead(config.audio_config.hidden_size, config.projection_dim,
+                                               config.projection_hidden_act)
+        scale = torch.tensor(math.log(config.logit_scale_init_value))
+        self.logit_scale_a = nn.Parameter(scale.clone())
+        # Kept for checkpoint compatibility; LAION's released models never trained it and neither do we.
+        self.logit_scale_t = nn.Parameter(scale.clone())
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
+        is_longer: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> LaionClapOutput | tuple:
+        if input_ids is None or input_features is None:
+            raise ValueError("LaionClapModel.forward needs both input_ids and input_features; "
+                             "use get_audio_embeds / get_text_embeds for one tower")
+        audio_embeds = self.get_audio_embeds(input_features, is_longer)  # (B_a, E)
+        text_embeds = self.get_text_embeds(input_ids, attention_mask, token_type_ids)  # (B_t, E)
+        # LAION scores both directions with logit_scale_a (transformers uses logit_scale_t for text).
+        logits_per_audio = self.logit_scale_a.exp() * audio_embeds @ text_embeds.T  # (B_a, B_t)
+        loss = contrastive_loss(audio_embeds, text_embeds, self.logit_scale_a) if return_loss else None
+        output = LaionClapOutput(loss, logits_per_audio, logits_per_audio.T, audio_embeds, text_embeds)
+        return output if return_dict is not False else output.to_tuple()
+
+
+class LaionClapAudioModelWithProjection(_AudioTower, LaionClapPreTrainedModel):
+    """The audio tower alone; loads from a full checkpoint (the text weights are skipped)."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^text_", r"^logit_scale"]
+
+    def __init__(self, config: LaionClapConfig) -> None:
+        super().__init__(config)
+        self.audio_model = build_audio_encoder(config.audio_config)
+        self.audio_projection = ProjectionHead(config.audio_config.hidden_size, config.projection_dim,
+                                               config.projection_hidden_act)
+        self.post_init()
+
+    def forward(self, input_features: torch.Tensor, is_longer: torch.Tensor | None = None, **kwargs
+                ) -> LaionClapEmbeddingOutput:
+        return LaionClapEmbeddingOutput(embeds=self.get_audio_embeds(input_features, is_longer))
+
+
+class LaionClapTextModelWithProjection(_TextTower, LaionClapPreTrainedModel):
+    """The text tower alone; loads from a full checkpoint (the audio weights are skipped)."""
+
+    main_input_name = "input_ids"
+    _keys_to_ignore_on_load_unexpected = [r"^audio_", r"^logit_scale"]
+
+    def __init__(self, config: LaionClapConfig) -> None:
+        super().__init__(config)
+        self.text_model = AutoModel.from_config(config.text_config)
+        self.text_projection = ProjectionHead(config.text_config.hidden_size, config.projection_dim,
+                                              config.projection_hidden_act)
+        self.post_init()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, **kwargs) -> LaionClapEmbeddingOutput:
+        return LaionClapEmbeddingOutput(embeds=self.get_text_embeds(input_ids, attention_mask, token_type_ids))
