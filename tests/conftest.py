@@ -1,0 +1,72 @@
+"""Shared fixtures: a tiny tokenizer trained in milliseconds, the test-tiny model, synthetic audio."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+CORPUS = [
+    "a dog barks in the rain", "a siren wails in the distance", "birds sing at dawn", "the sound of a bell",
+    "a car engine starts", "heavy rain on a roof", "a man speaks softly", "a woman laughs", "footsteps on gravel",
+    "a door slams shut", "wind blows through trees", "a baby cries", "music plays loudly", "water drips slowly",
+    "this is a sound of thunder", "keys jingle", "a cat meows", "an airplane flies overhead", "a clock ticks",
+]
+
+
+def make_tokenizer(vocab_size: int = 300, model_max_length: int = 77):
+    """A RoBERTa-style byte-level BPE tokenizer (<s>=0, <pad>=1, </s>=2, <unk>=3) trained on a few captions."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(CORPUS * 5, trainer)
+    tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", model_max_length=model_max_length)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return make_tokenizer()
+
+
+def tone(seconds: float, freq: float = 440.0, sr: int = 48000, seed: int = 0) -> np.ndarray:
+    """A sine with a little noise, float32 in [-1, 1]."""
+    t = np.arange(int(seconds * sr)) / sr
+    rng = np.random.default_rng(seed)
+    return (0.5 * np.sin(2 * math.pi * freq * t) + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
+    """Perturb every weight and BatchNorm statistic so that parity checks cannot pass by symmetry."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * scale)
+        for name, b in model.named_buffers():
+            if name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=generator) + 0.5)
+            elif name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=generator) * 0.5)
+    return model.eval()
+
+
+@pytest.fixture()
+def tiny_model():
+    import clapforge
+
+    torch.manual_seed(0)
+    return randomize_(clapforge.create_model("test-tiny"))
+
+
+@pytest.fixture()
+def tiny_fused_model():
+    import clapforge
+
+    torch.manual_seed(0)
+    return randomize_(clapforge.create_model("test-tiny", enable_fusion=True))

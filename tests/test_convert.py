@@ -1,0 +1,208 @@
+"""Converters: transformers ClapModel <-> clapforge parity, and LAION .pt checkpoints as released."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tokenizer, randomize_
+from transformers import ClapConfig, ClapModel
+
+from clapforge import LaionClapModel
+from clapforge.convert import convert_checkpoint, load_laion_state_dict
+
+TINY_HF = dict(
+    text_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=300),
+    audio_config=dict(depths=[2, 2, 2, 2], patch_embeds_hidden_size=8, hidden_size=64, num_attention_heads=[1, 2, 4, 8]),
+)
+
+
+def hf_model(size: str, fusion: bool) -> ClapModel:
+    torch.manual_seed(0)
+    if size == "tiny":
+        config = ClapConfig(text_config=TINY_HF["text_config"], audio_config={**TINY_HF["audio_config"],
+                                                                             "enable_fusion": fusion})
+    else:  # transformers' defaults: HTS-AT-tiny audio tower and a RoBERTa-base-sized text tower
+        config = ClapConfig(audio_config={"enable_fusion": fusion})
+    return randomize_(ClapModel(config))
+
+
+def inputs(fusion: bool, vocab: int, batch: int = 3):
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(batch, 4 if fusion else 1, 1001, 64, generator=generator)
+    is_longer = torch.tensor([[True], [False], [True]])[:batch]
+    ids = torch.randint(3, vocab, (batch, 12), generator=generator)
+    ids[:, 0], ids[:, -1] = 0, 2
+    mask = torch.ones_like(ids)
+    mask[1, 7:], ids[1, 7:] = 0, 1
+    return features, is_longer, ids, mask
+
+
+def embeddings_hf(model, features, is_longer, ids, mask):
+    with torch.no_grad():
+        audio = model.get_audio_features(input_features=features, is_longer=is_longer).pooler_output
+        text = model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
+    return audio, text
+
+
+def embeddings_ours(model, features, is_longer, ids, mask):
+    with torch.no_grad():
+        return model.get_audio_embeds(features, is_longer), model.get_text_embeds(ids, mask)
+
+
+@pytest.mark.parametrize("fusion", [False, True], ids=["unfused", "fused"])
+@pytest.mark.parametrize("size", ["tiny", "default"])
+def test_transformers_folder_converts_with_parity(size, fusion, tmp_path):
+    source = hf_model(size, fusion)
+    source.save_pretrained(tmp_path / "hf")
+    report = convert_checkpoint(tmp_path / "hf", tmp_path / "ours")
+    ours = LaionClapModel.from_pretrained(tmp_path / "ours").eval()
+    assert ours.config.enable_fusion == fusion
+    assert "text_model.embeddings.position_ids" in report.dropped_keys
+    batch = inputs(fusion, source.config.text_config.vocab_size)
+    for theirs, mine in zip(embeddings_hf(source, *batch), embeddings_ours(ours, *batch), strict=True):
+        assert mine.shape == (3, 512)
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fusion", [False, True], ids=["unfused", "fused"])
+def test_export_to_transformers_roundtrips(fusion, tmp_path):
+    import clapforge
+
+    torch.manual_seed(0)
+    model = randomize_(clapforge.create_model("test-tiny", enable_fusion=fusion))
+    model.save_pretrained(tmp_path / "ours")
+    convert_checkpoint(tmp_path / "ours", tmp_path / "hf", to="transformers", tokenizer=None)
+    exported = ClapModel.from_pretrained(tmp_path / "hf").eval()  # transformers' own class loads it
+    convert_checkpoint(tmp_path / "hf", tmp_path / "back")
+    back = LaionClapModel.from_pretrained(tmp_path / "back").eval()
+    batch = inputs(fusion, model.config.text_config.vocab_size)
+    original = embeddings_ours(model, *batch)
+    for a, b, c in zip(original, embeddings_hf(exported, *batch), embeddings_ours(back, *batch), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+        torch.testing.assert_close(c, a, atol=0, rtol=0)
+
+
+def test_export_refuses_what_transformers_cannot_hold(tmp_path):
+    import clapforge
+
+    clapforge.create_model("test-tiny", text_pooling="mean").save_pretrained(tmp_path / "ours")
+    with pytest.raises(ValueError, match="HTS-AT \\+ RoBERTa"):
+        convert_checkpoint(tmp_path / "ours", tmp_path / "hf", to="transformers")
+
+
+# --- LAION .pt ------------------------------------------------------------------------------------------------
+# LAION's names are derived from a transformers ClapModel by inverting transformers' own conversion mapping
+# (shared/reference/LAION_CLAP.md section 5.5), so the expected embeddings come from an independent implementation.
+HF_TO_LAION = [
+    ("text_model.", "text_branch."), ("audio_model.audio_encoder.", "audio_branch."),
+    ("attention.self.relative_position_bias_table", "attn.relative_position_bias_table"),
+    ("attention.output.dense", "attn.proj"), ("layernorm_before", "norm1"), ("layernorm_after", "norm2"),
+    ("intermediate.dense", "mlp.fc1"), ("output.dense", "mlp.fc2"), ("batch_norm", "bn0"),
+    ("_projection.linear1", "_projection.0"), ("_projection.linear2", "_projection.2"),
+]
+
+
+def laion_checkpoint_from(model: ClapModel) -> dict:
+    state, qkv = {}, {}
+    for key, tensor in model.state_dict().items():
+        if key.startswith("text_model."):
+            laion = "text_branch." + key.removeprefix("text_model.")  # the RoBERTa keeps transformers' names
+        else:
+            match = re.match(r"(.*)\.attention\.self\.(query|key|value)\.(weight|bias)$", key)
+            if match:
+                qkv.setdefault((match.group(1), match.group(3)), {})[match.group(2)] = tensor
+                continue
+            laion = key
+            for hf, ours in HF_TO_LAION:
+                laion = laion.replace(hf, ours)
+        state["module." + laion] = tensor
+    for (prefix, kind), parts in qkv.items():
+        name = prefix.replace("audio_model.audio_encoder.", "audio_branch.") + f".attn.qkv.{kind}"
+        state["module." + name] = torch.cat([parts["query"], parts["key"], parts["value"]])
+    # What the released files also carry and we must drop.
+    state["module.audio_branch.spectrogram_extractor.stft.conv_real.weight"] = torch.randn(513, 1, 1024)
+    state["module.audio_branch.logmel_extractor.melW"] = torch.randn(513, 64)
+    state["module.audio_branch.tscam_conv.weight"] = torch.randn(527, 64, 2, 3)
+    state["module.audio_branch.head.weight"] = torch.randn(527, 527)
+    state["module.text_transform.sequential.0.weight"] = torch.randn(512, 512)
+    state["module.audio_transform.sequential.3.bias"] = torch.randn(512)
+    state["module.audio_branch.layers.0.blocks.1.attn_mask"] = torch.zeros(64, 64, 64)
+    return {"epoch": np.int64(45), "name": "630k-fusion", "best": np.float64(0.5), "state_dict": state}
+
+
+@pytest.mark.parametrize("fusion", [False, True], ids=["unfused", "fused"])
+def test_laion_checkpoint_converts_with_parity(fusion, tmp_path):
+    source = hf_model("tiny", fusion)
+    torch.save(laion_checkpoint_from(source), tmp_path / "630k.pt")
+    tokenizer = make_tokenizer()
+    tokenizer.save_pretrained(tmp_path / "tok")
+    report = convert_checkpoint(tmp_path / "630k.pt", tmp_path / "ours", tokenizer=tmp_path / "tok")
+    dropped = set(report.dropped_keys)
+    assert {"audio_branch.tscam_conv.weight", "text_transform.sequential.0.weight",
+            "audio_branch.logmel_extractor.melW"} <= dropped
+    saved_report = json.loads((tmp_path / "ours" / "conversion_report.json").read_text())
+    assert set(saved_report["dropped_keys"]) == dropped
+    assert (tmp_path / "ours" / "tokenizer.json").is_file()
+    ours = LaionClapModel.from_pretrained(tmp_path / "ours").eval()
+    audio = ours.config.audio_config
+    assert (audio.embed_dim, audio.depths, audio.num_heads, ours.config.enable_fusion) == (8, [2, 2, 2, 2],
+                                                                                          [1, 2, 4, 8], fusion)
+    # The text tower is RoBERTa-like, read from the shapes; eps follows roberta-base (LAION), not transformers.
+    assert ours.config.text_config.model_type == "roberta" and ours.config.text_config.num_hidden_layers == 2
+    ours.text_model.config.layer_norm_eps = source.config.text_config.layer_norm_eps
+    for module in ours.text_model.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.eps = source.config.text_config.layer_norm_eps
+    batch = inputs(fusion, 300)
+    for theirs, mine in zip(embeddings_hf(source, *batch), embeddings_ours(ours, *batch), strict=True):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("embed_dim", "depths", "name"), [(96, [2, 2, 6, 2], "tiny"), (128, [2, 2, 12, 2], "base")])
+def test_laion_architecture_is_read_from_tensors(embed_dim, depths, name, tmp_path):
+    """The real HTS-AT tiny/base layouts are told apart by shapes, never by a name the user passes."""
+    config = ClapConfig(text_config=TINY_HF["text_config"], audio_config=dict(
+        patch_embeds_hidden_size=embed_dim, hidden_size=embed_dim * 8, depths=depths))
+    with torch.device("meta"):
+        source = ClapModel(config)
+    state = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in laion_checkpoint_from(source)["state_dict"].items()}
+    from clapforge.convert import laion_to_clapforge
+
+    ours_config, _, _ = laion_to_clapforge({k.removeprefix("module."): v for k, v in state.items()})
+    assert ours_config.audio_config.embed_dim == embed_dim and ours_config.audio_config.depths == depths, name
+    assert ours_config.audio_config.num_heads == [4, 8, 16, 32]
+
+
+def test_converter_refuses_files_that_are_not_checkpoints(tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("hello, I am not a checkpoint")
+    with pytest.raises(ValueError, match="not a PyTorch checkpoint"):
+        load_laion_state_dict(text)
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this would run on load",))
+
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": Payload()}, hostile)
+    with pytest.raises(ValueError, match="refused by the safe loader"):
+        load_laion_state_dict(hostile)
+
+    unrelated = tmp_path / "resnet.pt"
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}}, unrelated)
+    with pytest.raises(ValueError, match="not a LAION-CLAP checkpoint"):
+        load_laion_state_dict(unrelated)
+
+    with pytest.raises(FileNotFoundError):
+        load_laion_state_dict(tmp_path / "missing.pt")
+
+
+def test_cli_convert_reports_errors_clearly(tmp_path, capsys):
+    from clapforge.cli import main
+
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_bytes(b"\x00\x01garbage")
+    assert main(["convert", str(bogus), str(tmp_path / "out")]) == 2
+    assert "not a PyTorch checkpoint" in capsys.readouterr().err
