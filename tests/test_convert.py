@@ -13,7 +13,8 @@ from clapforge import LaionClapModel
 from clapforge.convert import convert_checkpoint, load_laion_state_dict
 
 TINY_HF = dict(
-    text_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=300),
+    # 64-wide heads, as in every BERT-family tower LAION used: a LAION .pt does not record the head count.
+    text_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=1, intermediate_size=128, vocab_size=300),
     audio_config=dict(depths=[2, 2, 2, 2], patch_embeds_hidden_size=8, hidden_size=64, num_attention_heads=[1, 2, 4, 8]),
 )
 

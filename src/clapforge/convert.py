@@ -30,6 +30,7 @@ LAION_DROPPED = [
     r"^audio_branch\.fc_audioset\.",
     r"^(audio|text)_transform\.",
     r"\.position_ids$",
+    r"\.token_type_ids$",
     r"\.attn_mask$",
     r"\.relative_position_index$",
 ]
@@ -94,6 +95,11 @@ def load_laion_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    # torch.save writes a zip archive (PK..); files from torch < 1.6 are a bare pickle (protocol byte 0x80).
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
+        raise ValueError(f"{path} is not a PyTorch checkpoint (it starts with {magic!r}, not a zip or pickle header)")
     try:
         with torch.serialization.safe_globals(_numpy_allow_list()):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -355,11 +361,15 @@ def load_source(src: str | Path) -> tuple[LaionClapModel, ConversionReport, Path
             raise ValueError(f"{src}/config.json has model_type {hf.get('model_type')!r}; expected 'clap'")
         config = transformers_config_to_clapforge(hf)
         state, dropped = transformers_state_to_clapforge(_read_folder_state(src))
-        tokenizer_dir = src if any((src / f).is_file() for f in ("tokenizer.json", "vocab.json")) else None
+        tokenizer_dir = _tokenizer_dir(src)
         report = ConversionReport(str(src), "transformers", config.to_dict(), dropped)
         return _load_model(config, state), report, tokenizer_dir
     config, state, dropped = laion_to_clapforge(load_laion_state_dict(src))
     return _load_model(config, state), ConversionReport(str(src), "laion", config.to_dict(), dropped), None
+
+
+def _tokenizer_dir(folder: Path) -> Path | None:
+    return folder if any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json")) else None
 
 
 def _feature_extractor_for(config: LaionClapConfig):
@@ -381,7 +391,7 @@ def convert_checkpoint(
         raise ValueError(f"to={to!r}: expected 'clapforge' or 'transformers'")
     if to == "transformers" and src.is_dir() and json.loads((src / "config.json").read_text()).get("model_type") == "laion_clap":
         model = LaionClapModel.from_pretrained(src, dtype=torch.float32)
-        report, tokenizer_dir = ConversionReport(str(src), "clapforge", model.config.to_dict()), src
+        report, tokenizer_dir = ConversionReport(str(src), "clapforge", model.config.to_dict()), _tokenizer_dir(src)
     else:
         model, report, tokenizer_dir = load_source(src)
     tokenizer_source = tokenizer if tokenizer is not None else tokenizer_dir

@@ -243,7 +243,9 @@ class HtsatAudioEncoder(nn.Module):
             config.enable_fusion, config.aff_reduction,
         )
         grid = config.spec_size // config.patch_stride
-        drop_paths = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+        # Stochastic depth grows linearly over all blocks. Plain Python so that building on the meta device works.
+        total = sum(config.depths)
+        drop_paths = [config.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         block_kwargs = dict(
             mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias, act=config.hidden_act, drop=config.drop_rate,
             attn_drop=config.attn_drop_rate, eps=config.layer_norm_eps,

@@ -108,8 +108,10 @@ class LaionClapPreTrainedModel(PreTrainedModel):
         elif hasattr(module, "logit_scale_a"):
             init.constant_(module.logit_scale_a, math.log(self.config.logit_scale_init_value))
             init.constant_(module.logit_scale_t, math.log(self.config.logit_scale_init_value))
-        if self.config.audio_config.model_type == PannConfig.model_type:
-            init_pann_weights(module)
+        elif isinstance(module, PannAudioEncoder):
+            # Called after the encoder's children got the generic init: PANN's own scheme (xavier) wins.
+            for child in module.modules():
+                init_pann_weights(child)
 
 
 class _AudioTower:

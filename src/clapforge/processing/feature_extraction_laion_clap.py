@@ -1,0 +1,455 @@
+"""LAION-CLAP feature extractor: waveforms -> log-mel spectrograms, in torch, batched, on any device.
+
+This file is copied flat into saved model folders, so it imports only the standard library, numpy, torch,
+torchaudio and transformers.
+
+Shapes: B batch, C channels (1, or 4 in fusion mode), T frames or samples, F mel bins, K STFT frequency bins
+(n_fft // 2 + 1), W samples of one STFT window (n_fft), S samples of a packed buffer (several clips end to end).
+
+A batch of clips of different lengths is handled as two groups:
+- "fixed" clips become exactly `max_length` samples before the STFT: short clips (filled by `padding`) and, in
+  `rand_trunc` mode, long clips (cropped). They are gathered into a (B, T) tensor by index arithmetic.
+- "whole" clips are the long clips in `fusion` mode, whose log-mel is computed over the whole clip. They are packed
+  end to end in one 1-D buffer with each clip's reflect padding written into the gap before and after it, and every
+  clip starting on the hop grid, so one framing of the buffer yields the frames of every clip (memory linear in the
+  total length, no padding to the longest clip).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torchaudio
+from transformers import BatchFeature, SequenceFeatureExtractor
+
+TRUNCATIONS = ("rand_trunc", "fusion")
+PADDINGS = ("repeatpad", "repeat", "pad")
+
+# Integer PCM: (offset, scale) so that (x - offset) / scale lies in [-1, 1].
+_PCM = {torch.int16: (0.0, 32768.0), torch.int32: (0.0, 2.0**31), torch.uint8: (128.0, 128.0)}
+
+# Peak-memory bounds: rows of fixed clips, and frames of the whole-clip buffer, handled per STFT call.
+_ROWS_PER_CALL = 16
+_FRAMES_PER_CALL = 2048
+
+# power_to_db floor (librosa / torchaudio AmplitudeToDB amin): silence maps to -100 dB.
+_POWER_FLOOR = 1e-10
+
+
+class LaionClapFeatureExtractor(SequenceFeatureExtractor):
+    r"""Turns waveforms into the log-mel inputs of LAION-CLAP audio encoders (HTS-AT and PANN).
+
+    Front ends, as LAION-CLAP used them in training:
+    - `truncation="rand_trunc"` (unfused models): Slaney mel scale and Slaney area norm (librosa defaults, built by
+      torchlibrosa inside LAION's model), output (B, 1, 1001, 64).
+    - `truncation="fusion"` (fused models): HTK mel scale, no norm (torchaudio `MelSpectrogram` defaults, LAION's
+      `get_mel`), output (B, 4, 1001, 64) = [global, front, middle, back].
+    Both: STFT n_fft 1024, hop 480, periodic Hann window, centred frames with reflect padding, power 2,
+    `10 * log10(max(mel, 1e-10))` (reference 1, no top_db). An all-zero clip is valid; its features are -100 dB.
+
+    Args:
+        feature_size: number of mel bins.
+        sampling_rate: rate the model expects; other input rates are resampled to it.
+        hop_length: STFT hop, in samples.
+        fft_window_size: STFT window and FFT size, in samples.
+        max_length_s: clip duration the model sees, in seconds (10 s = 480000 samples = 1001 frames).
+        frequency_min, frequency_max: mel filter bank range, in Hz (50 and 14000 in every LAION-CLAP checkpoint).
+        truncation: `"rand_trunc"` or `"fusion"`, see above.
+        padding: how clips shorter than `max_length_s` are filled: `"repeatpad"` (tile the clip a whole number of
+            times, then zero-pad), `"repeat"` (tile, then cut) or `"pad"` (zero-pad).
+        quantize_int16: apply LAION's int16 round trip `trunc(clamp(x, -1, 1) * 32767) / 32767` before the STFT
+            (LAION does it in training and inference; transformers' ClapFeatureExtractor does not).
+        padding_value: value of the samples added by `"pad"` and `"repeatpad"`.
+        return_attention_mask: kept for transformers compatibility; features have a fixed length and no mask is
+            returned.
+    """
+
+    model_input_names = ["input_features", "is_longer"]
+
+    def __init__(
+        self,
+        feature_size: int = 64,
+        sampling_rate: int = 48000,
+        hop_length: int = 480,
+        fft_window_size: int = 1024,
+        max_length_s: int = 10,
+        frequency_min: float = 50,
+        frequency_max: float = 14000,
+        truncation: str = "rand_trunc",
+        padding: str = "repeatpad",
+        quantize_int16: bool = True,
+        padding_value: float = 0.0,
+        return_attention_mask: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        # Hub configs written by transformers carry these derived or unused keys; they must not override ours.
+        for key in ("nb_max_samples", "nb_frequency_bins"):
+            kwargs.pop(key, None)
+        if kwargs.pop("top_db", None) is not None:
+            raise ValueError("top_db is not supported: LAION-CLAP converts power to dB without top_db clipping.")
+        _check_choice("truncation", truncation, TRUNCATIONS)
+        _check_choice("padding", padding, PADDINGS)
+        super().__init__(
+            feature_size=feature_size,
+            sampling_rate=sampling_rate,
+            padding_value=padding_value,
+            return_attention_mask=return_attention_mask,
+            **kwargs,
+        )
+        self.hop_length = hop_length
+        self.fft_window_size = fft_window_size
+        self.max_length_s = max_length_s
+        self.frequency_min = frequency_min
+        self.frequency_max = frequency_max
+        self.truncation = truncation
+        self.padding = padding
+        self.quantize_int16 = quantize_int16
+        self.nb_max_samples = int(max_length_s * sampling_rate)
+        self.nb_frequency_bins = fft_window_size // 2 + 1
+        fbank_args = dict(
+            n_freqs=self.nb_frequency_bins,
+            f_min=float(frequency_min),
+            f_max=float(frequency_max),
+            n_mels=feature_size,
+            sample_rate=sampling_rate,
+        )
+        self.mel_filters = torchaudio.functional.melscale_fbanks(**fbank_args, norm=None, mel_scale="htk")  # (K, F)
+        self.mel_filters_slaney = torchaudio.functional.melscale_fbanks(
+            **fbank_args, norm="slaney", mel_scale="slaney"
+        )  # (K, F)
+        self.window = torch.hann_window(fft_window_size, periodic=True)  # (W,)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-serialisable configuration: filter banks, window and derived sizes are recomputed on load."""
+        output = super().to_dict()
+        for key in [k for k, v in output.items() if isinstance(v, torch.Tensor)]:
+            del output[key]
+        for key in ("nb_max_samples", "nb_frequency_bins"):
+            output.pop(key, None)
+        return output
+
+    def __call__(
+        self,
+        raw_audio: np.ndarray | torch.Tensor | list[float] | list[np.ndarray | torch.Tensor | list[float]],
+        sampling_rate: int | None = None,
+        truncation: str | None = None,
+        padding: str | bool | None = None,
+        quantize_int16: bool | None = None,
+        random_crop: bool = False,
+        generator: torch.Generator | None = None,
+        device: str | torch.device | None = None,
+        return_tensors: str | None = "pt",
+    ) -> BatchFeature:
+        """Featurises one clip or a batch of clips.
+
+        Args:
+            raw_audio: accepted layouts:
+                - one mono clip: a 1-D numpy array, 1-D torch tensor or list of floats -> a batch of 1;
+                - a batch of mono clips of equal length: a 2-D numpy array or tensor (B, T);
+                - a list of clips, each a 1-D array/tensor/list (mono) or a 2-D array/tensor (multi-channel,
+                  downmixed to mono by the mean over the channel axis, which is taken to be the smaller axis, so
+                  (C, T) and (T, C) both work).
+                Float samples are expected in [-1, 1]; float64 and half precision become float32. Integer PCM is
+                scaled: int16 / 32768, int32 / 2**31, uint8 (x - 128) / 128; other integer types are rejected.
+                Python lists are read as float samples.
+            sampling_rate: rate of `raw_audio`, required. Other rates than `self.sampling_rate` are resampled with
+                `torchaudio.functional.resample`.
+            truncation, padding, quantize_int16: override the configured values for this call (`padding=True`
+                means the configured value).
+            random_crop: crop long clips at random (as LAION does in training) instead of deterministically (the
+                centred crop in `rand_trunc`, the middle start of each third in `fusion`).
+            generator: the random source of `random_crop`, for reproducible crops.
+            device: where to compute (default CPU); outputs are returned there.
+            return_tensors: `"pt"` (or None) for torch tensors, `"np"` for numpy arrays.
+
+        Returns:
+            `BatchFeature` with `input_features` float32 (B, C, T, F) and `is_longer` bool (B, 1).
+        """
+        truncation = self.truncation if truncation is None else truncation
+        padding = self.padding if padding is None or padding is True else padding
+        quantize = self.quantize_int16 if quantize_int16 is None else quantize_int16
+        _check_choice("truncation", truncation, TRUNCATIONS)
+        _check_choice("padding", padding, PADDINGS)
+        if return_tensors not in (None, "pt", "np"):
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}.")
+        if sampling_rate is None:
+            raise ValueError(
+                f"Pass the sampling rate of the audio, e.g. `sampling_rate=16000`. This model expects "
+                f"{self.sampling_rate} Hz; other rates are resampled, but only if you say what they are."
+            )
+        if int(sampling_rate) != sampling_rate or sampling_rate <= 0:
+            raise ValueError(f"sampling_rate must be a positive integer, got {sampling_rate!r}.")
+        device = torch.device("cpu") if device is None else torch.device(device)
+
+        clips = [_to_mono_float(clip, i, device) for i, clip in enumerate(_as_clip_list(raw_audio))]
+        buffer, offsets, lengths = self._pack_at_model_rate(clips, int(sampling_rate), device)
+        if quantize:
+            # LAION's int16 round trip, done in float32 (numpy's float32 * Python float stays float32 there too).
+            buffer = torch.trunc(buffer.clamp(-1.0, 1.0) * 32767.0) / 32767.0
+
+        max_len, hop = self.nb_max_samples, self.hop_length
+        chunk_frames = max_len // hop + 1
+        channels = 4 if truncation == "fusion" else 1
+        longer = lengths > max_len
+        whole = longer & (truncation == "fusion")
+        fixed = ~whole
+        # is_longer is never set at random: transformers marks a random clip as longer when none is in fusion mode,
+        # which makes fused embeddings of short audio depend on the batch (LAION-AI/CLAP #90).
+        features = torch.empty(len(clips), channels, chunk_frames, self.feature_size, device=device)  # (B, C, T, F)
+        is_longer = torch.zeros(len(clips), 1, dtype=torch.bool, device=device)  # (B, 1)
+
+        if fixed.any():
+            rows = fixed.nonzero().squeeze(1)
+            mel = self._fixed_log_mel(
+                buffer, offsets[rows], lengths[rows], truncation, padding, random_crop, generator
+            )  # (B, T, F)
+            features[rows] = mel.unsqueeze(1).expand(-1, channels, -1, -1)
+            is_longer[rows, 0] = longer[rows]
+        if whole.any():
+            rows = whole.nonzero().squeeze(1)
+            features[rows], is_longer[rows, 0] = self._fusion_log_mel(
+                buffer, offsets[rows], lengths[rows], random_crop, generator
+            )
+
+        if return_tensors == "np":
+            return BatchFeature({"input_features": features.cpu().numpy(), "is_longer": is_longer.cpu().numpy()})
+        return BatchFeature({"input_features": features, "is_longer": is_longer})
+
+    def _pack_at_model_rate(
+        self, clips: list[torch.Tensor], sampling_rate: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Packs the clips into one buffer (S,) at the model rate; returns it with clip offsets and lengths (B,)."""
+        lengths = [clip.shape[0] for clip in clips]
+        for i, n in enumerate(lengths):
+            if n == 0:
+                raise ValueError(f"Clip {i} is empty (0 samples).")
+        if sampling_rate == self.sampling_rate:
+            buffer, offsets = _pack(clips, lengths, align=1, lead=0, tail=0)
+        else:
+            g = math.gcd(sampling_rate, self.sampling_rate)
+            orig, new = sampling_rate // g, self.sampling_rate // g
+            # torchaudio's sinc kernel reaches `width` samples before and `width + orig` after each block of `orig`
+            # input samples. With every clip starting on a multiple of `orig` and at least that many zeros around
+            # it, resampling the packed buffer once gives, sample for sample, each clip resampled alone.
+            width = math.ceil(6 * orig / (min(orig, new) * 0.99))
+            reach = 2 * width + 2 * orig  # twice torchaudio's reach, in case its kernel grows
+            buffer, offsets = _pack(clips, lengths, align=orig, lead=_round_up(reach, orig), tail=reach)
+        offsets_t = torch.tensor(offsets, dtype=torch.long, device=device)
+        finite = torch.isfinite(buffer)
+        if not bool(finite.all()):
+            first_bad = (~finite).nonzero()[0]
+            clip = int(torch.searchsorted(offsets_t, first_bad, right=True)[0]) - 1
+            raise ValueError(f"Clip {clip} contains NaN or infinite values.")
+        lengths_t = torch.tensor(lengths, dtype=torch.long, device=device)
+        if sampling_rate != self.sampling_rate:
+            buffer = torchaudio.functional.resample(buffer, sampling_rate, self.sampling_rate)
+            offsets_t = offsets_t // orig * new
+            lengths_t = -(-lengths_t * new // orig)  # torchaudio's ceil(new * length / orig)
+        return buffer, offsets_t, lengths_t
+
+    def _fixed_log_mel(
+        self,
+        buffer: torch.Tensor,
+        offsets: torch.Tensor,
+        lengths: torch.Tensor,
+        truncation: str,
+        padding: str,
+        random_crop: bool,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Log-mel (B, T, F) of clips brought to exactly `max_length` samples: short ones filled, long ones cropped."""
+        device, max_len, hop, half = buffer.device, self.nb_max_samples, self.hop_length, self.fft_window_size // 2
+        longer = lengths > max_len
+        overflow = (lengths - max_len).clamp(min=0)
+        # The deterministic crop is centred; a random one is uniform over the overflow + 1 valid starts.
+        start = _random_index(overflow + 1, generator) if random_crop else overflow // 2
+        start = offsets + torch.where(longer, start, 0)
+        # Filled clip: sample t is clip[t % length] for t < valid, padding_value after.
+        if padding == "repeatpad":
+            valid = torch.where(longer, max_len, max_len // lengths * lengths)
+        elif padding == "repeat":
+            valid = torch.full_like(lengths, max_len)
+        else:
+            valid = torch.minimum(lengths, torch.full_like(lengths, max_len))
+        wraps = lengths < max_len
+        t = torch.arange(max_len, device=device)
+        # Each row is laid out as [reflect half | clip | reflect half | zeros] in a slot that is a whole number of
+        # hops, so the rows end to end form one signal whose frames are every row's frames (plus 2 unused per row).
+        slot_frames = -(-(max_len + 2 * half) // hop)
+        fbank = (self.mel_filters if truncation == "fusion" else self.mel_filters_slaney).to(device)
+        window = self.window.to(device)
+        out = []
+        for r in range(0, lengths.shape[0], _ROWS_PER_CALL):
+            sl = slice(r, r + _ROWS_PER_CALL)
+            slots = buffer.new_zeros(lengths[sl].shape[0], slot_frames * hop)  # (B, T)
+            body = slots[:, half : half + max_len]
+            whole_rows, wrap_rows = (~wraps[sl]).nonzero().squeeze(1), wraps[sl].nonzero().squeeze(1)
+            if whole_rows.numel():
+                # Contiguous row copies through an overlapping view; no per-sample index needed.
+                body[whole_rows] = buffer.unfold(0, max_len, 1)[start[sl][whole_rows]]
+            if wrap_rows.numel():
+                period = lengths[sl][wrap_rows, None]
+                index = start[sl][wrap_rows, None] + t % period  # (B, T)
+                fill = torch.where(t < valid[sl][wrap_rows, None], buffer[index], self.padding_value)
+                body[wrap_rows] = fill
+            # All rows have length max_len here, so one reflect rule serves every row.
+            slots[:, :half] = body[:, 1 : half + 1].flip(-1)
+            slots[:, half + max_len : 2 * half + max_len] = body[:, max_len - 1 - half : max_len - 1].flip(-1)
+            mel = _signal_log_mel(slots.view(-1), self.fft_window_size, hop, window, fbank)  # (T, F)
+            mel = torch.nn.functional.pad(mel, (0, 0, 0, slots.shape[0] * slot_frames - mel.shape[0]))
+            out.append(mel.view(slots.shape[0], slot_frames, -1)[:, : max_len // hop + 1])  # (B, T, F)
+        return torch.cat(out)  # (B, T, F)
+
+    def _fusion_log_mel(
+        self,
+        buffer: torch.Tensor,
+        offsets: torch.Tensor,
+        lengths: torch.Tensor,
+        random_crop: bool,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused input (B, 4, T, F) = [global, front, middle, back] and is_longer (B,) of long clips."""
+        device, hop, n_fft = buffer.device, self.hop_length, self.fft_window_size
+        half = n_fft // 2
+        chunk_frames = self.nb_max_samples // hop + 1
+        views = [buffer[o : o + n] for o, n in zip(offsets.tolist(), lengths.tolist(), strict=True)]
+        # Each padded clip (half + clip + half) starts on the hop grid of the packed buffer.
+        packed, clip_starts = _pack(views, lengths.tolist(), align=hop, lead=half, tail=half)
+        clip_starts = torch.tensor(clip_starts, dtype=torch.long, device=device)
+        k = torch.arange(half, device=device)
+        end = clip_starts + lengths
+        dst = torch.cat([clip_starts[:, None] - half + k, end[:, None] + k], dim=1)  # (B, W)
+        src = torch.cat([clip_starts[:, None] + half - k, end[:, None] - 2 - k], dim=1)  # (B, W)
+        packed[dst] = packed[src]
+
+        window, fbank = self.window.to(device), self.mel_filters.to(device)
+        mel = _signal_log_mel(packed, n_fft, hop, window, fbank)  # (T, F)
+        first_frame = (clip_starts - half) // hop
+        n_frames = lengths // hop + 1
+
+        # Crop starts: valid starts 0..n_frames - chunk_frames split in thirds like np.array_split (the first
+        # `n % 3` thirds one longer), an empty third replaced by [0], as LAION and transformers do.
+        n_starts = n_frames - chunk_frames + 1
+        q, r = n_starts // 3, n_starts % 3
+        sizes = torch.stack([q + (r > 0), q + (r > 1), q], dim=1)  # (B, 3)
+        firsts = torch.cumsum(sizes, dim=1) - sizes
+        picks = _random_index(sizes.clamp(min=1), generator) if random_crop else sizes // 2
+        starts = torch.where(sizes > 0, firsts + picks, 0)  # (B, 3)
+        t = torch.arange(chunk_frames, device=device)
+        crops = mel[first_frame[:, None, None] + starts[:, :, None] + t]  # (B, 3, T, F)
+
+        # Global view: bilinear resize of the whole mel to chunk_frames, align_corners=False, no antialias, with
+        # the float32 source coordinates torch's interpolate computes, per clip so that lengths may differ.
+        scale = n_frames.float() / chunk_frames
+        pos = ((t.float() + 0.5) * scale[:, None] - 0.5).clamp(min=0)  # (B, T)
+        lo = torch.minimum(pos.long(), n_frames[:, None] - 1)
+        frac = (pos - lo).clamp(0, 1).unsqueeze(-1)  # (B, T, 1)
+        hi = torch.minimum(lo + 1, n_frames[:, None] - 1)
+        base = first_frame[:, None]
+        global_view = mel[base + lo] * (1 - frac) + mel[base + hi] * frac  # (B, T, F)
+
+        fused = torch.cat([global_view[:, None], crops], dim=1)  # (B, 4, T, F)
+        # A clip of max_length + less than one hop has exactly chunk_frames frames: the four views coincide and
+        # LAION does not count it as longer.
+        return fused, n_frames > chunk_frames
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _as_clip_list(raw_audio: Any) -> list[Any]:
+    """Splits the accepted input layouts into a list of clips (each still in its original type)."""
+    if isinstance(raw_audio, (np.ndarray, torch.Tensor)):
+        if raw_audio.ndim == 1:
+            return [raw_audio]
+        if raw_audio.ndim == 2:
+            return list(raw_audio)
+        raise ValueError(
+            f"Got a {raw_audio.ndim}-D array of shape {tuple(raw_audio.shape)}. Accepted: one mono clip (T,), a batch "
+            "of mono clips (B, T), or a list of clips, each (T,) or multi-channel (C, T) / (T, C)."
+        )
+    if isinstance(raw_audio, (list, tuple)):
+        if len(raw_audio) == 0:
+            raise ValueError("Got an empty list: pass at least one clip.")
+        if isinstance(raw_audio[0], (int, float, np.number)):
+            return [raw_audio]
+        return list(raw_audio)
+    raise TypeError(f"Expected a numpy array, torch tensor or list of clips, got {type(raw_audio).__name__}.")
+
+
+def _to_mono_float(clip: Any, index: int, device: torch.device) -> torch.Tensor:
+    """One clip -> float32 mono tensor (T,) on `device`, integer PCM scaled to [-1, 1]."""
+    if isinstance(clip, torch.Tensor):
+        x = clip.detach()
+    elif isinstance(clip, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(clip))
+    elif isinstance(clip, (list, tuple)):
+        x = torch.from_numpy(np.asarray(clip, dtype=np.float32))
+    else:
+        raise TypeError(f"Clip {index}: expected a numpy array, torch tensor or list, got {type(clip).__name__}.")
+    if x.ndim not in (1, 2):
+        raise ValueError(
+            f"Clip {index} has {x.ndim} dimensions, shape {tuple(x.shape)}. A clip must be mono (T,) or "
+            "multi-channel (C, T) / (T, C); a batch is a list of such clips or a (B, T) array."
+        )
+    x = x.to(device)
+    if x.dtype in _PCM:
+        # float32 is exact here: int16/uint8 fit its mantissa and int32 is divided by a power of two.
+        offset, scale = _PCM[x.dtype]
+        x = (x.float() - offset) / scale
+    elif x.is_floating_point():
+        x = x.float()
+    else:
+        raise ValueError(
+            f"Clip {index} has dtype {x.dtype}; expected float samples in [-1, 1] or int16 / int32 / uint8 PCM."
+        )
+    if x.ndim == 2:
+        x = x.mean(dim=0 if x.shape[0] <= x.shape[1] else 1)  # (T,)
+    return x
+
+
+def _pack(
+    clips: list[torch.Tensor], lengths: list[int], align: int, lead: int, tail: int
+) -> tuple[torch.Tensor, list[int]]:
+    """Concatenates clips into one zero-filled buffer (S,), each clip at least `lead` zeros after the start of its
+    slot and followed by at least `tail` zeros, every slot starting on a multiple of `align`. Returns the buffer
+    and the clip offsets; the copy is a single `torch.cat`."""
+    slots = np.array([_round_up(lead + n + tail, align) for n in lengths], dtype=np.int64)
+    slot_starts = np.concatenate([[0], np.cumsum(slots)[:-1]])
+    trailing = (slots - lead - np.asarray(lengths, dtype=np.int64)).tolist()
+    zeros = clips[0].new_zeros(max(lead, *trailing))
+    pieces = []
+    for clip, after in zip(clips, trailing, strict=True):
+        pieces += [zeros[:lead], clip, zeros[:after]]
+    return torch.cat(pieces), (slot_starts + lead).tolist()
+
+
+def _random_index(counts: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """A uniform draw from range(count) per entry, from `generator` (torch's default one if None)."""
+    device = generator.device if generator is not None else torch.device("cpu")
+    # float64 keeps the draw uniform for counts beyond float32's 2**24 (clips of several minutes).
+    u = torch.rand(counts.shape, generator=generator, dtype=torch.float64, device=device).to(counts.device)
+    return (u * counts).long().clamp(max=counts - 1)
+
+
+def _signal_log_mel(
+    signal: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor, fbank: torch.Tensor
+) -> torch.Tensor:
+    """Log-mel in dB (T, F) of every frame `signal[i * hop : i * hop + n_fft]` of a 1-D signal (S,)."""
+    frames = signal.unfold(0, n_fft, hop)  # (T, W)
+    out = signal.new_empty(frames.shape[0], fbank.shape[1])  # (T, F)
+    # Blocks of frames keep the windowed frames and their spectrum in cache, and bound peak memory.
+    for f in range(0, frames.shape[0], _FRAMES_PER_CALL):
+        spectrum = torch.fft.rfft(frames[f : f + _FRAMES_PER_CALL] * window)  # (T, K)
+        power = torch.view_as_real(spectrum).square_().sum(-1)  # (T, K)
+        torch.log10((power @ fbank).clamp_(min=_POWER_FLOOR), out=out[f : f + _FRAMES_PER_CALL]).mul_(10.0)
+    return out
