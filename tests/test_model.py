@@ -118,7 +118,8 @@ def test_gradient_checkpointing_gives_same_gradients(tokenizer):
                                                                  "attention_probs_dropout_prob": 0.0})
         model.train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            # transformers 5.24 renamed the switch; older 5.x only has the first name.
+            getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
         model(**text, input_features=features, return_loss=True).loss.backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
