@@ -7,10 +7,25 @@ import pytest
 import torch
 
 CORPUS = [
-    "a dog barks in the rain", "a siren wails in the distance", "birds sing at dawn", "the sound of a bell",
-    "a car engine starts", "heavy rain on a roof", "a man speaks softly", "a woman laughs", "footsteps on gravel",
-    "a door slams shut", "wind blows through trees", "a baby cries", "music plays loudly", "water drips slowly",
-    "this is a sound of thunder", "keys jingle", "a cat meows", "an airplane flies overhead", "a clock ticks",
+    "a dog barks in the rain",
+    "a siren wails in the distance",
+    "birds sing at dawn",
+    "the sound of a bell",
+    "a car engine starts",
+    "heavy rain on a roof",
+    "a man speaks softly",
+    "a woman laughs",
+    "footsteps on gravel",
+    "a door slams shut",
+    "wind blows through trees",
+    "a baby cries",
+    "music plays loudly",
+    "water drips slowly",
+    "this is a sound of thunder",
+    "keys jingle",
+    "a cat meows",
+    "an airplane flies overhead",
+    "a clock ticks",
 ]
 
 
@@ -22,12 +37,21 @@ def make_tokenizer(vocab_size: int = 300, model_max_length: int = 77):
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train_from_iterator(CORPUS * 5, trainer)
     tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>", model_max_length=model_max_length)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=model_max_length,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -6,24 +6,27 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import make_tokenizer, randomize_
 from transformers import ClapConfig, ClapModel
 
 from clapforge import LaionClapModel
 from clapforge.convert import convert_checkpoint, load_laion_state_dict
+from conftest import make_tokenizer, randomize_
 
 TINY_HF = dict(
     # 64-wide heads, as in every BERT-family tower LAION used: a LAION .pt does not record the head count.
     text_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=1, intermediate_size=128, vocab_size=300),
-    audio_config=dict(depths=[2, 2, 2, 2], patch_embeds_hidden_size=8, hidden_size=64, num_attention_heads=[1, 2, 4, 8]),
+    audio_config=dict(
+        depths=[2, 2, 2, 2], patch_embeds_hidden_size=8, hidden_size=64, num_attention_heads=[1, 2, 4, 8]
+    ),
 )
 
 
 def hf_model(size: str, fusion: bool) -> ClapModel:
     torch.manual_seed(0)
     if size == "tiny":
-        config = ClapConfig(text_config=TINY_HF["text_config"], audio_config={**TINY_HF["audio_config"],
-                                                                             "enable_fusion": fusion})
+        config = ClapConfig(
+            text_config=TINY_HF["text_config"], audio_config={**TINY_HF["audio_config"], "enable_fusion": fusion}
+        )
     else:  # transformers' defaults: HTS-AT-tiny audio tower and a RoBERTa-base-sized text tower
         config = ClapConfig(audio_config={"enable_fusion": fusion})
     return randomize_(ClapModel(config))
@@ -97,11 +100,17 @@ def test_export_refuses_what_transformers_cannot_hold(tmp_path):
 # LAION's names are derived from a transformers ClapModel by inverting transformers' own conversion mapping
 # (shared/reference/LAION_CLAP.md section 5.5), so the expected embeddings come from an independent implementation.
 HF_TO_LAION = [
-    ("text_model.", "text_branch."), ("audio_model.audio_encoder.", "audio_branch."),
+    ("text_model.", "text_branch."),
+    ("audio_model.audio_encoder.", "audio_branch."),
     ("attention.self.relative_position_bias_table", "attn.relative_position_bias_table"),
-    ("attention.output.dense", "attn.proj"), ("layernorm_before", "norm1"), ("layernorm_after", "norm2"),
-    ("intermediate.dense", "mlp.fc1"), ("output.dense", "mlp.fc2"), ("batch_norm", "bn0"),
-    ("_projection.linear1", "_projection.0"), ("_projection.linear2", "_projection.2"),
+    ("attention.output.dense", "attn.proj"),
+    ("layernorm_before", "norm1"),
+    ("layernorm_after", "norm2"),
+    ("intermediate.dense", "mlp.fc1"),
+    ("output.dense", "mlp.fc2"),
+    ("batch_norm", "bn0"),
+    ("_projection.linear1", "_projection.0"),
+    ("_projection.linear2", "_projection.2"),
 ]
 
 
@@ -141,15 +150,22 @@ def test_laion_checkpoint_converts_with_parity(fusion, tmp_path):
     tokenizer.save_pretrained(tmp_path / "tok")
     report = convert_checkpoint(tmp_path / "630k.pt", tmp_path / "ours", tokenizer=tmp_path / "tok")
     dropped = set(report.dropped_keys)
-    assert {"audio_branch.tscam_conv.weight", "text_transform.sequential.0.weight",
-            "audio_branch.logmel_extractor.melW"} <= dropped
+    assert {
+        "audio_branch.tscam_conv.weight",
+        "text_transform.sequential.0.weight",
+        "audio_branch.logmel_extractor.melW",
+    } <= dropped
     saved_report = json.loads((tmp_path / "ours" / "conversion_report.json").read_text())
     assert set(saved_report["dropped_keys"]) == dropped
     assert (tmp_path / "ours" / "tokenizer.json").is_file()
     ours = LaionClapModel.from_pretrained(tmp_path / "ours").eval()
     audio = ours.config.audio_config
-    assert (audio.embed_dim, audio.depths, audio.num_heads, ours.config.enable_fusion) == (8, [2, 2, 2, 2],
-                                                                                          [1, 2, 4, 8], fusion)
+    assert (audio.embed_dim, audio.depths, audio.num_heads, ours.config.enable_fusion) == (
+        8,
+        [2, 2, 2, 2],
+        [1, 2, 4, 8],
+        fusion,
+    )
     # The text tower is RoBERTa-like, read from the shapes; eps follows roberta-base (LAION), not transformers.
     assert ours.config.text_config.model_type == "roberta" and ours.config.text_config.num_hidden_layers == 2
     ours.text_model.config.layer_norm_eps = source.config.text_config.layer_norm_eps
@@ -164,8 +180,10 @@ def test_laion_checkpoint_converts_with_parity(fusion, tmp_path):
 @pytest.mark.parametrize(("embed_dim", "depths", "name"), [(96, [2, 2, 6, 2], "tiny"), (128, [2, 2, 12, 2], "base")])
 def test_laion_architecture_is_read_from_tensors(embed_dim, depths, name, tmp_path):
     """The real HTS-AT tiny/base layouts are told apart by shapes, never by a name the user passes."""
-    config = ClapConfig(text_config=TINY_HF["text_config"], audio_config=dict(
-        patch_embeds_hidden_size=embed_dim, hidden_size=embed_dim * 8, depths=depths))
+    config = ClapConfig(
+        text_config=TINY_HF["text_config"],
+        audio_config=dict(patch_embeds_hidden_size=embed_dim, hidden_size=embed_dim * 8, depths=depths),
+    )
     with torch.device("meta"):
         source = ClapModel(config)
     state = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in laion_checkpoint_from(source)["state_dict"].items()}

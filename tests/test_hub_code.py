@@ -8,10 +8,10 @@ import textwrap
 
 import numpy as np
 import torch
-from conftest import tone
 
 import clapforge
 from clapforge import LaionClapProcessor
+from conftest import tone
 
 TEXTS = ["a dog barks in the rain", "a siren"]
 
@@ -21,7 +21,7 @@ REMOTE_SCRIPT = textwrap.dedent(
     sys.modules["clapforge"] = None  # from here on, `import clapforge` raises ImportError
     import numpy as np, torch
     from transformers import AutoModel, AutoProcessor
-    folder, out = sys.argv[1], sys.argv[2]
+    folder, out, TEXTS = sys.argv[1], sys.argv[2], sys.argv[3:]
     try:
         import clapforge
         raise SystemExit("clapforge was importable")
@@ -31,21 +31,25 @@ REMOTE_SCRIPT = textwrap.dedent(
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     assert not type(model).__module__.startswith("clapforge"), type(model).__module__
     clips = list(np.load(folder + "/clips.npz").values())
-    inputs = processor(text=%r, audio=clips, sampling_rate=48000)
+    inputs = processor(text=TEXTS, audio=clips, sampling_rate=48000)
     with torch.no_grad():
         output = model(**inputs)
     torch.save({"audio": output.audio_embeds, "text": output.text_embeds, "features": inputs["input_features"],
                 "module": type(model).__module__}, out)
     """
-    % TEXTS
 )
 
 
 def run_without_clapforge(folder, tmp_path) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
     out = tmp_path / "remote.pt"
-    result = subprocess.run([sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(out)], env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(out), *TEXTS],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(out)
 
@@ -56,8 +60,15 @@ def test_saved_folder_runs_without_clapforge(tiny_fused_model, tokenizer, tmp_pa
     tiny_fused_model.save_pretrained(folder)
     processor.save_pretrained(folder)
     files = {p.name for p in folder.iterdir()}
-    code = {"configuration_laion_clap.py", "modeling_laion_clap.py", "modeling_htsat.py", "modeling_pann.py",
-            "modeling_fusion.py", "feature_extraction_laion_clap.py", "processing_laion_clap.py"}
+    code = {
+        "configuration_laion_clap.py",
+        "modeling_laion_clap.py",
+        "modeling_htsat.py",
+        "modeling_pann.py",
+        "modeling_fusion.py",
+        "feature_extraction_laion_clap.py",
+        "processing_laion_clap.py",
+    }
     assert code <= files, code - files
     assert "model.safetensors" in files
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]

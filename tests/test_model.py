@@ -114,8 +114,9 @@ def test_gradient_checkpointing_gives_same_gradients(tokenizer):
 
     def grads(checkpointing: bool) -> dict:
         torch.manual_seed(0)
-        model = clapforge.create_model("test-tiny", text_config={"hidden_dropout_prob": 0.0,
-                                                                 "attention_probs_dropout_prob": 0.0})
+        model = clapforge.create_model(
+            "test-tiny", text_config={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+        )
         model.train()
         if checkpointing:
             # transformers 5.24 renamed the switch; older 5.x only has the first name.

@@ -14,8 +14,10 @@ PANN_AUDIO_PARAMS_M = {
     "pann-cnn10": (
         2 * 64  # bn0
         + sum(9 * i * o + 9 * o * o + 4 * o for i, o in [(1, 64), (64, 128), (128, 256), (256, 512), (512, 1024)])
-        + 1024 * 1024 + 1024  # fc1
-    ) / 1e6,
+        + 1024 * 1024
+        + 1024  # fc1
+    )
+    / 1e6,
     "pann-cnn14": 80.8 - (2048 * 527 + 527) / 1e6,
 }
 HTSAT_PRESETS = ["htsat-tiny", "htsat-tiny-fused", "htsat-base", "htsat-large"]
@@ -26,8 +28,13 @@ def transformers_htsat_params(config) -> int:
     from transformers import ClapAudioConfig, ClapAudioModel
 
     audio = config.audio_config
-    hf = ClapAudioConfig(patch_embeds_hidden_size=audio.embed_dim, hidden_size=audio.hidden_size,
-                         depths=audio.depths, num_attention_heads=audio.num_heads, enable_fusion=config.enable_fusion)
+    hf = ClapAudioConfig(
+        patch_embeds_hidden_size=audio.embed_dim,
+        hidden_size=audio.hidden_size,
+        depths=audio.depths,
+        num_attention_heads=audio.num_heads,
+        enable_fusion=config.enable_fusion,
+    )
     # transformers' HTS-AT cannot be built on the meta device (it reads tensor values in __init__).
     return sum(p.numel() for p in ClapAudioModel(hf).parameters())
 

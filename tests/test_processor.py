@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from conftest import tone
 
 import clapforge
 from clapforge import LaionClapProcessor
+from conftest import tone
 
 
 @pytest.fixture()

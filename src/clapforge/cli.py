@@ -1,7 +1,12 @@
 """`clapforge <command>`: the command-line entry point."""
 
 import argparse
+import importlib
 import sys
+
+# Modules that add their own sub-command: each has `register(commands)` taking the sub-parsers object and setting
+# `run=<function(args) -> int>` as the parser default. Imported only to build the parser, so keep their imports light.
+COMMAND_MODULES = ["clapforge.data.prepare", "clapforge.data.synth"]
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -26,12 +31,21 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("src", help="LAION-CLAP .pt file, transformers ClapModel folder, or clapforge folder")
     convert.add_argument("dst", help="output folder (Hub-ready)")
     convert.add_argument("--tokenizer", help="tokenizer name or folder to save with the model (e.g. roberta-base)")
-    convert.add_argument("--to", choices=["clapforge", "transformers"], default="clapforge",
-                         help="output format (default: clapforge)")
+    convert.add_argument(
+        "--to", choices=["clapforge", "transformers"], default="clapforge", help="output format (default: clapforge)"
+    )
     convert.set_defaults(run=_convert)
 
     demo = commands.add_parser("demo", help="the main job on the built-in default")
     demo.set_defaults(run=_demo)
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue  # a command whose module is not written yet
+        module.register(commands)
     return parser
 
 

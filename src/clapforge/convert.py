@@ -145,7 +145,9 @@ def infer_laion_audio_config(state: dict[str, torch.Tensor]) -> dict[str, Any]:
         kernel = state["audio_branch.conv_block1.conv1.weight"].shape[-1]
         variant = next((v for v, (ch, k) in PANN_VARIANTS.items() if len(ch) == blocks and k == kernel), None)
         if variant is None:
-            raise ValueError(f"PANN with {blocks} conv blocks of kernel {kernel} matches none of {sorted(PANN_VARIANTS)}")
+            raise ValueError(
+                f"PANN with {blocks} conv blocks of kernel {kernel} matches none of {sorted(PANN_VARIANTS)}"
+            )
         return {"model_type": "laion_clap_pann", "variant": variant, "block_channels": channels, "kernel_size": kernel}
     raise ValueError("unknown audio encoder: neither HTS-AT (patch_embed) nor PANN (conv_block1) weights found")
 
@@ -153,8 +155,10 @@ def infer_laion_audio_config(state: dict[str, torch.Tensor]) -> dict[str, Any]:
 def infer_laion_text_config(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     """A RoBERTa or BERT config read from LAION's `text_branch` tensors."""
     if "text_branch.embeddings.word_embeddings.weight" not in state:
-        raise ValueError("text tower is not a transformers BERT/RoBERTa (LAION's CLIP-transformer and BART text "
-                         "towers are not supported)")
+        raise ValueError(
+            "text tower is not a transformers BERT/RoBERTa (LAION's CLIP-transformer and BART text "
+            "towers are not supported)"
+        )
     vocab, hidden = state["text_branch.embeddings.word_embeddings.weight"].shape
     max_positions = state["text_branch.embeddings.position_embeddings.weight"].shape[0]
     type_vocab = state["text_branch.embeddings.token_type_embeddings.weight"].shape[0]
@@ -228,9 +232,21 @@ def transformers_config_to_clapforge(hf: dict[str, Any]) -> LaionClapConfig:
     def get(d: dict, key: str, default: Any) -> Any:
         return d.get(key, default) if d.get(key) is not None else default
 
-    text_keys = ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                 "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
-                 "type_vocab_size", "pad_token_id", "bos_token_id", "eos_token_id"]
+    text_keys = [
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "hidden_act",
+        "hidden_dropout_prob",
+        "attention_probs_dropout_prob",
+        "max_position_embeddings",
+        "type_vocab_size",
+        "pad_token_id",
+        "bos_token_id",
+        "eos_token_id",
+    ]
     from transformers import ClapAudioConfig, ClapTextConfig
 
     text_defaults, audio_defaults = ClapTextConfig(), ClapAudioConfig()
@@ -295,11 +311,17 @@ def clapforge_to_transformers_state(state: dict[str, torch.Tensor]) -> dict[str,
         if not key.startswith("audio_model."):
             converted[key] = tensor
             continue
-        key = key.replace("audio_model.bn0.", "audio_model.batch_norm.").replace("audio_model.", "audio_model.audio_encoder.", 1)
-        for ours, theirs in [(".norm1.", ".layernorm_before."), (".norm2.", ".layernorm_after."),
-                             (".attn.relative_position_bias_table", ".attention.self.relative_position_bias_table"),
-                             (".attn.proj.", ".attention.output.dense."), (".mlp.fc1.", ".intermediate.dense."),
-                             (".mlp.fc2.", ".output.dense.")]:
+        key = key.replace("audio_model.bn0.", "audio_model.batch_norm.").replace(
+            "audio_model.", "audio_model.audio_encoder.", 1
+        )
+        for ours, theirs in [
+            (".norm1.", ".layernorm_before."),
+            (".norm2.", ".layernorm_after."),
+            (".attn.relative_position_bias_table", ".attention.self.relative_position_bias_table"),
+            (".attn.proj.", ".attention.output.dense."),
+            (".mlp.fc1.", ".intermediate.dense."),
+            (".mlp.fc2.", ".output.dense."),
+        ]:
             key = key.replace(ours, theirs)
         if ".attn.qkv." in key:
             for name, part in zip(("query", "key", "value"), tensor.chunk(3, dim=0), strict=True):
@@ -312,25 +334,51 @@ def clapforge_to_transformers_state(state: dict[str, torch.Tensor]) -> dict[str,
 def clapforge_to_transformers_config(config: LaionClapConfig) -> dict[str, Any]:
     audio, text = config.audio_config, config.text_config
     if audio.model_type != "laion_clap_htsat" or text.model_type != "roberta" or config.text_pooling != "pooler":
-        raise ValueError("transformers' ClapModel only has HTS-AT + RoBERTa with pooler pooling; this model has "
-                         f"{audio.model_type} + {text.model_type} with {config.text_pooling!r} pooling")
+        raise ValueError(
+            "transformers' ClapModel only has HTS-AT + RoBERTa with pooler pooling; this model has "
+            f"{audio.model_type} + {text.model_type} with {config.text_pooling!r} pooling"
+        )
     return {
         "model_type": "clap",
         "projection_dim": config.projection_dim,
         "projection_hidden_act": config.projection_hidden_act,
         "logit_scale_init_value": config.logit_scale_init_value,
-        "text_config": {k: getattr(text, k) for k in (
-            "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-            "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
-            "type_vocab_size", "layer_norm_eps", "pad_token_id", "bos_token_id", "eos_token_id")},
+        "text_config": {
+            k: getattr(text, k)
+            for k in (
+                "vocab_size",
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "intermediate_size",
+                "hidden_act",
+                "hidden_dropout_prob",
+                "attention_probs_dropout_prob",
+                "max_position_embeddings",
+                "type_vocab_size",
+                "layer_norm_eps",
+                "pad_token_id",
+                "bos_token_id",
+                "eos_token_id",
+            )
+        },
         "audio_config": {
-            "num_mel_bins": audio.num_mel_bins, "spec_size": audio.spec_size, "patch_size": audio.patch_size,
-            "patch_stride": [audio.patch_stride, audio.patch_stride], "patch_embeds_hidden_size": audio.embed_dim,
-            "hidden_size": audio.hidden_size, "depths": list(audio.depths),
-            "num_attention_heads": list(audio.num_heads), "window_size": audio.window_size,
-            "mlp_ratio": audio.mlp_ratio, "qkv_bias": audio.qkv_bias, "hidden_act": audio.hidden_act,
-            "layer_norm_eps": audio.layer_norm_eps, "enable_fusion": config.enable_fusion,
-            "fusion_type": audio.fusion_type if config.enable_fusion else None, "aff_block_r": audio.aff_reduction,
+            "num_mel_bins": audio.num_mel_bins,
+            "spec_size": audio.spec_size,
+            "patch_size": audio.patch_size,
+            "patch_stride": [audio.patch_stride, audio.patch_stride],
+            "patch_embeds_hidden_size": audio.embed_dim,
+            "hidden_size": audio.hidden_size,
+            "depths": list(audio.depths),
+            "num_attention_heads": list(audio.num_heads),
+            "window_size": audio.window_size,
+            "mlp_ratio": audio.mlp_ratio,
+            "qkv_bias": audio.qkv_bias,
+            "hidden_act": audio.hidden_act,
+            "layer_norm_eps": audio.layer_norm_eps,
+            "enable_fusion": config.enable_fusion,
+            "fusion_type": audio.fusion_type if config.enable_fusion else None,
+            "aff_block_r": audio.aff_reduction,
         },
     }
 
@@ -343,9 +391,13 @@ def _load_model(config: LaionClapConfig, state: dict[str, torch.Tensor]) -> Laio
     model = LaionClapModel(config).eval()
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Derived buffers are rebuilt from the config, so they may be missing; nothing else may be.
-    missing = [k for k in missing if not re.search(r"(relative_position_index|attn_mask|position_ids|token_type_ids)$", k)]
+    missing = [
+        k for k in missing if not re.search(r"(relative_position_index|attn_mask|position_ids|token_type_ids)$", k)
+    ]
     if missing or unexpected:
-        raise ValueError(f"checkpoint does not fit the inferred architecture: missing {missing}, unexpected {unexpected}")
+        raise ValueError(
+            f"checkpoint does not fit the inferred architecture: missing {missing}, unexpected {unexpected}"
+        )
     return model
 
 
@@ -389,7 +441,11 @@ def convert_checkpoint(
     src, dst = Path(src), Path(dst)
     if to not in ("clapforge", "transformers"):
         raise ValueError(f"to={to!r}: expected 'clapforge' or 'transformers'")
-    if to == "transformers" and src.is_dir() and json.loads((src / "config.json").read_text()).get("model_type") == "laion_clap":
+    if (
+        to == "transformers"
+        and src.is_dir()
+        and json.loads((src / "config.json").read_text()).get("model_type") == "laion_clap"
+    ):
         model = LaionClapModel.from_pretrained(src, dtype=torch.float32)
         report, tokenizer_dir = ConversionReport(str(src), "clapforge", model.config.to_dict()), _tokenizer_dir(src)
     else:
@@ -408,8 +464,9 @@ def convert_checkpoint(
             LaionClapProcessor(feature_extractor, tok).save_pretrained(dst)
         else:
             feature_extractor.save_pretrained(dst)
-    (dst / "conversion_report.json").write_text(json.dumps(
-        {"source": report.source, "kind": report.kind, "dropped_keys": report.dropped_keys}, indent=2))
+    (dst / "conversion_report.json").write_text(
+        json.dumps({"source": report.source, "kind": report.kind, "dropped_keys": report.dropped_keys}, indent=2)
+    )
     return report
 
 

@@ -187,8 +187,15 @@ class SwinStage(nn.Module):
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            SwinBlock(dim, resolution, heads, window, 0 if i % 2 == 0 else window // 2, drop_path=drop_paths[i],
-                      **block_kwargs)
+            SwinBlock(
+                dim,
+                resolution,
+                heads,
+                window,
+                0 if i % 2 == 0 else window // 2,
+                drop_path=drop_paths[i],
+                **block_kwargs,
+            )
             for i in range(depth)
         )
         self.downsample = PatchMerging(dim, resolution, block_kwargs["eps"]) if downsample else None
@@ -239,16 +246,24 @@ class HtsatAudioEncoder(nn.Module):
         self.freq_ratio = config.spec_size // config.num_mel_bins
         self.bn0 = nn.BatchNorm2d(config.num_mel_bins)
         self.patch_embed = PatchEmbed(
-            config.embed_dim, config.patch_size, config.patch_stride, config.layer_norm_eps,
-            config.enable_fusion, config.aff_reduction,
+            config.embed_dim,
+            config.patch_size,
+            config.patch_stride,
+            config.layer_norm_eps,
+            config.enable_fusion,
+            config.aff_reduction,
         )
         grid = config.spec_size // config.patch_stride
         # Stochastic depth grows linearly over all blocks. Plain Python so that building on the meta device works.
         total = sum(config.depths)
         drop_paths = [config.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         block_kwargs = dict(
-            mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias, act=config.hidden_act, drop=config.drop_rate,
-            attn_drop=config.attn_drop_rate, eps=config.layer_norm_eps,
+            mlp_ratio=config.mlp_ratio,
+            qkv_bias=config.qkv_bias,
+            act=config.hidden_act,
+            drop=config.drop_rate,
+            attn_drop=config.attn_drop_rate,
+            eps=config.layer_norm_eps,
         )
         self.layers = nn.ModuleList()
         for i, (depth, heads) in enumerate(zip(config.depths, config.num_heads, strict=True)):
@@ -272,8 +287,10 @@ class HtsatAudioEncoder(nn.Module):
         b, c, t, f = mel.shape
         r, s = self.freq_ratio, self.config.spec_size
         if t > s * r or f != self.config.num_mel_bins:
-            raise ValueError(f"input_features must have at most {s * r} frames and {self.config.num_mel_bins} mel "
-                             f"bins, got {tuple(mel.shape)}")
+            raise ValueError(
+                f"input_features must have at most {s * r} frames and {self.config.num_mel_bins} mel "
+                f"bins, got {tuple(mel.shape)}"
+            )
         if t < s * r:
             mel = F.interpolate(mel, (s * r, f), mode="bicubic", align_corners=True)  # (B, C, S*r, F)
         mel = mel.reshape(b, c * r, s, f).transpose(2, 3)  # (B, C*r, F, S)
@@ -282,11 +299,15 @@ class HtsatAudioEncoder(nn.Module):
     def forward(self, input_features: torch.Tensor, is_longer: torch.Tensor | None = None) -> torch.Tensor:
         """input_features: (B, C, T, F), is_longer: (B, 1) bool or None -> (B, D)."""
         if input_features.ndim != 4:
-            raise ValueError(f"input_features must be (batch, channels, frames, mel_bins), got {tuple(input_features.shape)}")
+            raise ValueError(
+                f"input_features must be (batch, channels, frames, mel_bins), got {tuple(input_features.shape)}"
+            )
         channels = input_features.shape[1]
         if channels == 4 and not self.config.enable_fusion:
-            raise ValueError("this model was built without fusion but got 4-channel (fusion) input_features; "
-                             "use a feature extractor with truncation='rand_trunc'")
+            raise ValueError(
+                "this model was built without fusion but got 4-channel (fusion) input_features; "
+                "use a feature extractor with truncation='rand_trunc'"
+            )
         # BatchNorm over mel bins: put F in the channel slot, then back.
         x = self.bn0(input_features.transpose(1, 3)).transpose(1, 3)  # (B, C, T, F)
         longer = None

@@ -137,8 +137,9 @@ class _TextTower:
             attention_mask = torch.ones_like(input_ids)
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         out = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **extra)
-        pooled = pool_text(out.last_hidden_state, getattr(out, "pooler_output", None), attention_mask,
-                           self.config.text_pooling)  # (B, D)
+        pooled = pool_text(
+            out.last_hidden_state, getattr(out, "pooler_output", None), attention_mask, self.config.text_pooling
+        )  # (B, D)
         return F.normalize(self.text_projection(pooled), dim=-1)
 
 
@@ -148,11 +149,13 @@ class LaionClapModel(_AudioTower, _TextTower, LaionClapPreTrainedModel):
     def __init__(self, config: LaionClapConfig) -> None:
         super().__init__(config)
         self.text_model = AutoModel.from_config(config.text_config)
-        self.text_projection = ProjectionHead(config.text_config.hidden_size, config.projection_dim,
-                                              config.projection_hidden_act)
+        self.text_projection = ProjectionHead(
+            config.text_config.hidden_size, config.projection_dim, config.projection_hidden_act
+        )
         self.audio_model = build_audio_encoder(config.audio_config)
-        self.audio_projection = ProjectionHead(config.audio_config.hidden_size, config.projection_dim,
-                                               config.projection_hidden_act)
+        self.audio_projection = ProjectionHead(
+            config.audio_config.hidden_size, config.projection_dim, config.projection_hidden_act
+        )
         scale = torch.tensor(math.log(config.logit_scale_init_value))
         self.logit_scale_a = nn.Parameter(scale.clone())
         # Kept for checkpoint compatibility; LAION's released models never trained it and neither do we.
@@ -171,8 +174,10 @@ class LaionClapModel(_AudioTower, _TextTower, LaionClapPreTrainedModel):
         **kwargs,
     ) -> LaionClapOutput | tuple:
         if input_ids is None or input_features is None:
-            raise ValueError("LaionClapModel.forward needs both input_ids and input_features; "
-                             "use get_audio_embeds / get_text_embeds for one tower")
+            raise ValueError(
+                "LaionClapModel.forward needs both input_ids and input_features; "
+                "use get_audio_embeds / get_text_embeds for one tower"
+            )
         audio_embeds = self.get_audio_embeds(input_features, is_longer)  # (B_a, E)
         text_embeds = self.get_text_embeds(input_ids, attention_mask, token_type_ids)  # (B_t, E)
         # LAION scores both directions with logit_scale_a (transformers uses logit_scale_t for text).
@@ -190,12 +195,14 @@ class LaionClapAudioModelWithProjection(_AudioTower, LaionClapPreTrainedModel):
     def __init__(self, config: LaionClapConfig) -> None:
         super().__init__(config)
         self.audio_model = build_audio_encoder(config.audio_config)
-        self.audio_projection = ProjectionHead(config.audio_config.hidden_size, config.projection_dim,
-                                               config.projection_hidden_act)
+        self.audio_projection = ProjectionHead(
+            config.audio_config.hidden_size, config.projection_dim, config.projection_hidden_act
+        )
         self.post_init()
 
-    def forward(self, input_features: torch.Tensor, is_longer: torch.Tensor | None = None, **kwargs
-                ) -> LaionClapEmbeddingOutput:
+    def forward(
+        self, input_features: torch.Tensor, is_longer: torch.Tensor | None = None, **kwargs
+    ) -> LaionClapEmbeddingOutput:
         return LaionClapEmbeddingOutput(embeds=self.get_audio_embeds(input_features, is_longer))
 
 
@@ -208,10 +215,16 @@ class LaionClapTextModelWithProjection(_TextTower, LaionClapPreTrainedModel):
     def __init__(self, config: LaionClapConfig) -> None:
         super().__init__(config)
         self.text_model = AutoModel.from_config(config.text_config)
-        self.text_projection = ProjectionHead(config.text_config.hidden_size, config.projection_dim,
-                                              config.projection_hidden_act)
+        self.text_projection = ProjectionHead(
+            config.text_config.hidden_size, config.projection_dim, config.projection_hidden_act
+        )
         self.post_init()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, **kwargs) -> LaionClapEmbeddingOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> LaionClapEmbeddingOutput:
         return LaionClapEmbeddingOutput(embeds=self.get_text_embeds(input_ids, attention_mask, token_type_ids))

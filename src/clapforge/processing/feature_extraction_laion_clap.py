@@ -6,13 +6,15 @@ torchaudio and transformers.
 Shapes: B batch, C channels (1, or 4 in fusion mode), T frames or samples, F mel bins, K STFT frequency bins
 (n_fft // 2 + 1), W samples of one STFT window (n_fft), S samples of a packed buffer (several clips end to end).
 
-A batch of clips of different lengths is handled as two groups:
+A batch of clips of different lengths is handled as two groups, with no per-clip computation:
 - "fixed" clips become exactly `max_length` samples before the STFT: short clips (filled by `padding`) and, in
-  `rand_trunc` mode, long clips (cropped). They are gathered into a (B, T) tensor by index arithmetic.
+  `rand_trunc` mode, long clips (cropped). Each becomes one row of a (B, T) tensor whose rows are whole numbers of
+  hops long and hold their own reflect padding, so the rows end to end form one signal framed once.
 - "whole" clips are the long clips in `fusion` mode, whose log-mel is computed over the whole clip. They are packed
-  end to end in one 1-D buffer with each clip's reflect padding written into the gap before and after it, and every
-  clip starting on the hop grid, so one framing of the buffer yields the frames of every clip (memory linear in the
-  total length, no padding to the longest clip).
+  end to end in one 1-D buffer with each clip's reflect padding written into the gap before and after it and every
+  clip starting on the hop grid, so again one framing yields the frames of every clip (memory linear in the total
+  length, no padding to the longest clip).
+Only list bookkeeping (building views, one `torch.cat`) and bounded blocks of rows or frames run in Python loops.
 """
 
 from __future__ import annotations
@@ -116,10 +118,17 @@ class LaionClapFeatureExtractor(SequenceFeatureExtractor):
             n_mels=feature_size,
             sample_rate=sampling_rate,
         )
+        # Each bank is computed in the precision LAION's front end used: torchaudio's MelSpectrogram builds the HTK
+        # bank in float32; librosa builds the Slaney bank in float64 and torchlibrosa casts it to float32. In float32
+        # the small edge weights of the Slaney bank lose digits, which moves a band next to a strong tone by ~0.02 dB.
         self.mel_filters = torchaudio.functional.melscale_fbanks(**fbank_args, norm=None, mel_scale="htk")  # (K, F)
-        self.mel_filters_slaney = torchaudio.functional.melscale_fbanks(
-            **fbank_args, norm="slaney", mel_scale="slaney"
-        )  # (K, F)
+        previous_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)  # melscale_fbanks has no dtype argument; it follows the default
+        try:
+            slaney = torchaudio.functional.melscale_fbanks(**fbank_args, norm="slaney", mel_scale="slaney")
+        finally:
+            torch.set_default_dtype(previous_dtype)
+        self.mel_filters_slaney = slaney.float()  # (K, F)
         self.window = torch.hann_window(fft_window_size, periodic=True)  # (W,)
 
     def to_dict(self) -> dict[str, Any]:
@@ -185,140 +194,101 @@ class LaionClapFeatureExtractor(SequenceFeatureExtractor):
         device = torch.device("cpu") if device is None else torch.device(device)
 
         clips = [_to_mono_float(clip, i, device) for i, clip in enumerate(_as_clip_list(raw_audio))]
-        buffer, offsets, lengths = self._pack_at_model_rate(clips, int(sampling_rate), device)
-        if quantize:
-            # LAION's int16 round trip, done in float32 (numpy's float32 * Python float stays float32 there too).
-            buffer = torch.trunc(buffer.clamp(-1.0, 1.0) * 32767.0) / 32767.0
+        _check_clips(clips)
+        if sampling_rate != self.sampling_rate:
+            clips = _resample(clips, int(sampling_rate), self.sampling_rate)
 
-        max_len, hop = self.nb_max_samples, self.hop_length
-        chunk_frames = max_len // hop + 1
+        max_len = self.nb_max_samples
+        chunk_frames = max_len // self.hop_length + 1
         channels = 4 if truncation == "fusion" else 1
+        lengths = torch.tensor([clip.shape[0] for clip in clips])  # (B,) bookkeeping stays on the CPU
         longer = lengths > max_len
         whole = longer & (truncation == "fusion")
-        fixed = ~whole
         # is_longer is never set at random: transformers marks a random clip as longer when none is in fusion mode,
-        # which makes fused embeddings of short audio depend on the batch (LAION-AI/CLAP #90).
+        # which makes fused embeddings of short audio depend on the rest of the batch (LAION-AI/CLAP #90).
         features = torch.empty(len(clips), channels, chunk_frames, self.feature_size, device=device)  # (B, C, T, F)
-        is_longer = torch.zeros(len(clips), 1, dtype=torch.bool, device=device)  # (B, 1)
+        is_longer = torch.zeros(len(clips), 1, dtype=torch.bool)  # (B, 1)
 
-        if fixed.any():
-            rows = fixed.nonzero().squeeze(1)
-            mel = self._fixed_log_mel(
-                buffer, offsets[rows], lengths[rows], truncation, padding, random_crop, generator
-            )  # (B, T, F)
-            features[rows] = mel.unsqueeze(1).expand(-1, channels, -1, -1)
+        rows = (~whole).nonzero().squeeze(1)
+        if rows.numel():
+            # The deterministic crop is centred; a random one is uniform over the overflow + 1 valid starts.
+            overflow = (lengths[rows] - max_len).clamp(min=0)
+            starts = _random_index(overflow + 1, generator) if random_crop else overflow // 2
+            views = [clips[i][s : s + max_len] for i, s in zip(rows.tolist(), starts.tolist(), strict=True)]
+            fbank = self.mel_filters if truncation == "fusion" else self.mel_filters_slaney
+            mel = self._fixed_log_mel(views, padding, quantize, fbank)  # (B, T, F)
+            features[rows.to(device)] = mel.unsqueeze(1).expand(-1, channels, -1, -1)
             is_longer[rows, 0] = longer[rows]
-        if whole.any():
-            rows = whole.nonzero().squeeze(1)
-            features[rows], is_longer[rows, 0] = self._fusion_log_mel(
-                buffer, offsets[rows], lengths[rows], random_crop, generator
+        rows = whole.nonzero().squeeze(1)
+        if rows.numel():
+            views = [clips[i] for i in rows.tolist()]
+            features[rows.to(device)], is_longer[rows, 0] = self._fusion_log_mel(
+                views, quantize, random_crop, generator
             )
+        is_longer = is_longer.to(device)
 
         if return_tensors == "np":
             return BatchFeature({"input_features": features.cpu().numpy(), "is_longer": is_longer.cpu().numpy()})
         return BatchFeature({"input_features": features, "is_longer": is_longer})
 
-    def _pack_at_model_rate(
-        self, clips: list[torch.Tensor], sampling_rate: int, device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Packs the clips into one buffer (S,) at the model rate; returns it with clip offsets and lengths (B,)."""
-        lengths = [clip.shape[0] for clip in clips]
-        for i, n in enumerate(lengths):
-            if n == 0:
-                raise ValueError(f"Clip {i} is empty (0 samples).")
-        if sampling_rate == self.sampling_rate:
-            buffer, offsets = _pack(clips, lengths, align=1, lead=0, tail=0)
-        else:
-            g = math.gcd(sampling_rate, self.sampling_rate)
-            orig, new = sampling_rate // g, self.sampling_rate // g
-            # torchaudio's sinc kernel reaches `width` samples before and `width + orig` after each block of `orig`
-            # input samples. With every clip starting on a multiple of `orig` and at least that many zeros around
-            # it, resampling the packed buffer once gives, sample for sample, each clip resampled alone.
-            width = math.ceil(6 * orig / (min(orig, new) * 0.99))
-            reach = 2 * width + 2 * orig  # twice torchaudio's reach, in case its kernel grows
-            buffer, offsets = _pack(clips, lengths, align=orig, lead=_round_up(reach, orig), tail=reach)
-        offsets_t = torch.tensor(offsets, dtype=torch.long, device=device)
-        finite = torch.isfinite(buffer)
-        if not bool(finite.all()):
-            first_bad = (~finite).nonzero()[0]
-            clip = int(torch.searchsorted(offsets_t, first_bad, right=True)[0]) - 1
-            raise ValueError(f"Clip {clip} contains NaN or infinite values.")
-        lengths_t = torch.tensor(lengths, dtype=torch.long, device=device)
-        if sampling_rate != self.sampling_rate:
-            buffer = torchaudio.functional.resample(buffer, sampling_rate, self.sampling_rate)
-            offsets_t = offsets_t // orig * new
-            lengths_t = -(-lengths_t * new // orig)  # torchaudio's ceil(new * length / orig)
-        return buffer, offsets_t, lengths_t
-
     def _fixed_log_mel(
-        self,
-        buffer: torch.Tensor,
-        offsets: torch.Tensor,
-        lengths: torch.Tensor,
-        truncation: str,
-        padding: str,
-        random_crop: bool,
-        generator: torch.Generator | None,
+        self, views: list[torch.Tensor], padding: str, quantize: bool, fbank: torch.Tensor
     ) -> torch.Tensor:
-        """Log-mel (B, T, F) of clips brought to exactly `max_length` samples: short ones filled, long ones cropped."""
-        device, max_len, hop, half = buffer.device, self.nb_max_samples, self.hop_length, self.fft_window_size // 2
-        longer = lengths > max_len
-        overflow = (lengths - max_len).clamp(min=0)
-        # The deterministic crop is centred; a random one is uniform over the overflow + 1 valid starts.
-        start = _random_index(overflow + 1, generator) if random_crop else overflow // 2
-        start = offsets + torch.where(longer, start, 0)
-        # Filled clip: sample t is clip[t % length] for t < valid, padding_value after.
-        if padding == "repeatpad":
-            valid = torch.where(longer, max_len, max_len // lengths * lengths)
-        elif padding == "repeat":
-            valid = torch.full_like(lengths, max_len)
-        else:
-            valid = torch.minimum(lengths, torch.full_like(lengths, max_len))
-        wraps = lengths < max_len
+        """Log-mel (B, T, F) of clips of at most `max_length` samples, the shorter ones filled per `padding`."""
+        device, max_len, hop = views[0].device, self.nb_max_samples, self.hop_length
+        half = self.fft_window_size // 2
+        # Row layout: [reflect half | clip filled to max_len | reflect half | zeros], a whole number of hops.
+        slot = _round_up(max_len + 2 * half, hop)
+        fbank, window = fbank.to(device), self.window.to(device)
         t = torch.arange(max_len, device=device)
-        # Each row is laid out as [reflect half | clip | reflect half | zeros] in a slot that is a whole number of
-        # hops, so the rows end to end form one signal whose frames are every row's frames (plus 2 unused per row).
-        slot_frames = -(-(max_len + 2 * half) // hop)
-        fbank = (self.mel_filters if truncation == "fusion" else self.mel_filters_slaney).to(device)
-        window = self.window.to(device)
+        zeros = views[0].new_zeros(slot)
+        # One rows buffer reused by every block: fresh large CPU allocations cost page faults on first touch.
+        storage = views[0].new_empty(min(len(views), _ROWS_PER_CALL) * slot)
         out = []
-        for r in range(0, lengths.shape[0], _ROWS_PER_CALL):
-            sl = slice(r, r + _ROWS_PER_CALL)
-            slots = buffer.new_zeros(lengths[sl].shape[0], slot_frames * hop)  # (B, T)
-            body = slots[:, half : half + max_len]
-            whole_rows, wrap_rows = (~wraps[sl]).nonzero().squeeze(1), wraps[sl].nonzero().squeeze(1)
-            if whole_rows.numel():
-                # Contiguous row copies through an overlapping view; no per-sample index needed.
-                body[whole_rows] = buffer.unfold(0, max_len, 1)[start[sl][whole_rows]]
-            if wrap_rows.numel():
-                period = lengths[sl][wrap_rows, None]
-                index = start[sl][wrap_rows, None] + t % period  # (B, T)
-                fill = torch.where(t < valid[sl][wrap_rows, None], buffer[index], self.padding_value)
-                body[wrap_rows] = fill
-            # All rows have length max_len here, so one reflect rule serves every row.
-            slots[:, :half] = body[:, 1 : half + 1].flip(-1)
-            slots[:, half + max_len : 2 * half + max_len] = body[:, max_len - 1 - half : max_len - 1].flip(-1)
-            mel = _signal_log_mel(slots.view(-1), self.fft_window_size, hop, window, fbank)  # (T, F)
-            mel = torch.nn.functional.pad(mel, (0, 0, 0, slots.shape[0] * slot_frames - mel.shape[0]))
-            out.append(mel.view(slots.shape[0], slot_frames, -1)[:, : max_len // hop + 1])  # (B, T, F)
+        for r in range(0, len(views), _ROWS_PER_CALL):
+            block = views[r : r + _ROWS_PER_CALL]
+            lengths = torch.tensor([v.shape[0] for v in block], device=device)
+            pieces = [p for v in block for p in (zeros[:half], v, zeros[: slot - half - v.shape[0]])]
+            rows = torch.cat(pieces, out=storage[: len(block) * slot]).view(len(block), slot)  # (B, T)
+            if quantize:
+                _quantize_int16_(rows)
+            body = rows[:, half : half + max_len]
+            short = (lengths < max_len).nonzero().squeeze(1)
+            if short.numel():
+                period = lengths[short, None]
+                if padding == "repeatpad":
+                    valid = max_len // period * period
+                elif padding == "repeat":
+                    valid = torch.full_like(period, max_len)
+                else:
+                    valid = period
+                # Tiling reads only the clip's own samples (t % period < period) and writes past them.
+                tiled = body[short[:, None], t % period]  # (B, T)
+                body[short] = torch.where(t < valid, tiled, self.padding_value)
+            # Every row now has max_len samples, so one reflect rule serves every row.
+            rows[:, :half] = body[:, 1 : half + 1].flip(-1)
+            rows[:, half + max_len : 2 * half + max_len] = body[:, max_len - 1 - half : max_len - 1].flip(-1)
+            mel = _signal_log_mel(rows.view(-1), self.fft_window_size, hop, window, fbank)  # (T, F)
+            # The flat framing stops short of the last row's unused trailing frames; pad them back to reshape.
+            mel = torch.nn.functional.pad(mel, (0, 0, 0, rows.numel() // hop - mel.shape[0]))
+            out.append(mel.view(len(block), slot // hop, -1)[:, : max_len // hop + 1])  # (B, T, F)
         return torch.cat(out)  # (B, T, F)
 
     def _fusion_log_mel(
-        self,
-        buffer: torch.Tensor,
-        offsets: torch.Tensor,
-        lengths: torch.Tensor,
-        random_crop: bool,
-        generator: torch.Generator | None,
+        self, views: list[torch.Tensor], quantize: bool, random_crop: bool, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fused input (B, 4, T, F) = [global, front, middle, back] and is_longer (B,) of long clips."""
-        device, hop, n_fft = buffer.device, self.hop_length, self.fft_window_size
+        """Fused input (B, 4, T, F) = [global, front, middle, back] and is_longer (B,) of clips longer than
+        `max_length`, from the HTK log-mel of each whole clip."""
+        device, hop, n_fft = views[0].device, self.hop_length, self.fft_window_size
         half = n_fft // 2
         chunk_frames = self.nb_max_samples // hop + 1
-        views = [buffer[o : o + n] for o, n in zip(offsets.tolist(), lengths.tolist(), strict=True)]
+        lengths_cpu = torch.tensor([v.shape[0] for v in views])
         # Each padded clip (half + clip + half) starts on the hop grid of the packed buffer.
-        packed, clip_starts = _pack(views, lengths.tolist(), align=hop, lead=half, tail=half)
-        clip_starts = torch.tensor(clip_starts, dtype=torch.long, device=device)
+        packed, offsets = _pack(views, lengths_cpu.tolist(), align=hop, lead=half, tail=half)
+        if quantize:
+            _quantize_int16_(packed)
+        clip_starts = torch.tensor(offsets, device=device)
+        lengths = lengths_cpu.to(device)
         k = torch.arange(half, device=device)
         end = clip_starts + lengths
         dst = torch.cat([clip_starts[:, None] - half + k, end[:, None] + k], dim=1)  # (B, W)
@@ -332,12 +302,12 @@ class LaionClapFeatureExtractor(SequenceFeatureExtractor):
 
         # Crop starts: valid starts 0..n_frames - chunk_frames split in thirds like np.array_split (the first
         # `n % 3` thirds one longer), an empty third replaced by [0], as LAION and transformers do.
-        n_starts = n_frames - chunk_frames + 1
+        n_starts = lengths_cpu // hop + 1 - chunk_frames + 1
         q, r = n_starts // 3, n_starts % 3
         sizes = torch.stack([q + (r > 0), q + (r > 1), q], dim=1)  # (B, 3)
         firsts = torch.cumsum(sizes, dim=1) - sizes
         picks = _random_index(sizes.clamp(min=1), generator) if random_crop else sizes // 2
-        starts = torch.where(sizes > 0, firsts + picks, 0)  # (B, 3)
+        starts = torch.where(sizes > 0, firsts + picks, 0).to(device)  # (B, 3)
         t = torch.arange(chunk_frames, device=device)
         crops = mel[first_frame[:, None, None] + starts[:, :, None] + t]  # (B, 3, T, F)
 
@@ -354,7 +324,7 @@ class LaionClapFeatureExtractor(SequenceFeatureExtractor):
         fused = torch.cat([global_view[:, None], crops], dim=1)  # (B, 4, T, F)
         # A clip of max_length + less than one hop has exactly chunk_frames frames: the four views coincide and
         # LAION does not count it as longer.
-        return fused, n_frames > chunk_frames
+        return fused, (n_frames > chunk_frames).cpu()
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -433,6 +403,40 @@ def _pack(
     return torch.cat(pieces), (slot_starts + lead).tolist()
 
 
+def _quantize_int16_(x: torch.Tensor) -> torch.Tensor:
+    """LAION's int16 round trip `trunc(clamp(x, -1, 1) * 32767) / 32767`, in place, in float32 as numpy computes
+    it there (float32 array times Python float stays float32)."""
+    return x.clamp_(-1.0, 1.0).mul_(32767.0).trunc_().div_(32767.0)
+
+
+def _check_clips(clips: list[torch.Tensor]) -> None:
+    for i, clip in enumerate(clips):
+        if clip.shape[0] == 0:
+            raise ValueError(f"Clip {i} is empty (0 samples).")
+    # A sum is one pass without a temporary and is not finite if any sample is NaN or infinite (or, rarely, if
+    # huge samples overflow); only clips that fail it are inspected sample by sample.
+    sums = torch.stack([clip.sum() for clip in clips])
+    for i in (~torch.isfinite(sums)).nonzero().squeeze(1).tolist():
+        if not bool(torch.isfinite(clips[i]).all()):
+            raise ValueError(f"Clip {i} contains NaN or infinite values.")
+
+
+def _resample(clips: list[torch.Tensor], orig_freq: int, new_freq: int) -> list[torch.Tensor]:
+    """All clips resampled in one `torchaudio.functional.resample` call; returns views of the result."""
+    g = math.gcd(orig_freq, new_freq)
+    orig, new = orig_freq // g, new_freq // g
+    # torchaudio's sinc kernel reaches `width` samples before and `width + orig` after each block of `orig` input
+    # samples. With every clip starting on a multiple of `orig` and at least that many zeros around it, resampling
+    # the packed buffer once gives, sample for sample, each clip resampled alone.
+    width = math.ceil(6 * orig / (min(orig, new) * 0.99))
+    reach = 2 * width + 2 * orig  # twice torchaudio's reach, in case its kernel grows
+    lengths = [clip.shape[0] for clip in clips]
+    packed, offsets = _pack(clips, lengths, align=orig, lead=_round_up(reach, orig), tail=reach)
+    resampled = torchaudio.functional.resample(packed, orig_freq, new_freq)
+    # torchaudio keeps ceil(new * length / orig) samples of a clip resampled alone.
+    return [resampled[o // orig * new :][: -(-n * new // orig)] for o, n in zip(offsets, lengths, strict=True)]
+
+
 def _random_index(counts: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """A uniform draw from range(count) per entry, from `generator` (torch's default one if None)."""
     device = generator.device if generator is not None else torch.device("cpu")
@@ -447,9 +451,13 @@ def _signal_log_mel(
     """Log-mel in dB (T, F) of every frame `signal[i * hop : i * hop + n_fft]` of a 1-D signal (S,)."""
     frames = signal.unfold(0, n_fft, hop)  # (T, W)
     out = signal.new_empty(frames.shape[0], fbank.shape[1])  # (T, F)
+    # Bins outside every mel filter (above frequency_max, about 40% of them) need no power and no product.
+    used = fbank.any(dim=1).nonzero()
+    lo, hi = int(used[0]), int(used[-1]) + 1
+    fbank = fbank[lo:hi]
     # Blocks of frames keep the windowed frames and their spectrum in cache, and bound peak memory.
     for f in range(0, frames.shape[0], _FRAMES_PER_CALL):
-        spectrum = torch.fft.rfft(frames[f : f + _FRAMES_PER_CALL] * window)  # (T, K)
-        power = torch.view_as_real(spectrum).square_().sum(-1)  # (T, K)
+        spectrum = torch.fft.rfft(frames[f : f + _FRAMES_PER_CALL] * window)[:, lo:hi]  # (T, K)
+        power = torch.addcmul(spectrum.real.square(), spectrum.imag, spectrum.imag)  # (T, K)
         torch.log10((power @ fbank).clamp_(min=_POWER_FLOOR), out=out[f : f + _FRAMES_PER_CALL]).mul_(10.0)
     return out

@@ -16,9 +16,9 @@ class LaionClapProcessor(ProcessorMixin):
 
     `processor(text=..., audio=..., sampling_rate=...)` returns `input_ids`/`attention_mask` and/or
     `input_features`/`is_longer`. Other keyword arguments (`padding="repeatpad"`, `truncation="fusion"`, ...) go to
-    the feature extractor; `max_length` sets the text limit. Texts are padded to the longest in the batch and truncated at 77 tokens as LAION
-    does (padding is masked, so this equals LAION's fixed 77-token padding). An empty text is an error: its
-    embedding would be that of the special tokens alone, which silently matches everything equally.
+    the feature extractor; `max_length` sets the text limit. Texts are padded to the longest in the batch and truncated
+    at 77 tokens as LAION does (padding is masked, so this equals LAION's fixed 77-token padding). An empty text is an
+    error: its embedding would be that of the special tokens alone, which silently matches everything equally.
     """
 
     def __init__(self, feature_extractor: Any, tokenizer: Any) -> None:
@@ -42,11 +42,15 @@ class LaionClapProcessor(ProcessorMixin):
                 if not isinstance(t, str) or not t.strip():
                     raise ValueError(f"text[{i}] is {t!r}: expected a non-empty string")
             data.update(
-                self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors=return_tensors)
+                self.tokenizer(
+                    texts, padding=True, truncation=True, max_length=max_length, return_tensors=return_tensors
+                )
             )
         if audio is not None:
             # Remaining options (`padding`, `truncation`, `random_crop`, ...) are the feature extractor's audio modes.
-            data.update(self.feature_extractor(audio, sampling_rate=sampling_rate, return_tensors=return_tensors, **kwargs))
+            data.update(
+                self.feature_extractor(audio, sampling_rate=sampling_rate, return_tensors=return_tensors, **kwargs)
+            )
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     @property

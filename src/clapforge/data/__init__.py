@@ -1,0 +1,1 @@
+"""Audio-caption data: streamed readers, shard writing, captions from labels, the built-in synthetic corpus."""
