@@ -124,10 +124,12 @@ def test_shards_keys_audio_and_captions(tmp_path):
     examples = {e["key"]: e for e in stream_dataset(tmp_path, shuffle=False)}
     assert list(examples) == ["multi", "single", "labels", "tagsonly", "augmented", "other"]
     for e in examples.values():
-        assert set(e) == {"key", "audio", "sampling_rate", "captions", "caption"}
+        assert set(e) == {"key", "audio", "sampling_rate", "captions", "caption", "labels"}
         assert e["sampling_rate"] == SR and e["audio"].dtype == np.float32 and e["audio"].shape == (SR // 2,)
         assert e["caption"] in e["captions"]
     assert examples["multi"]["captions"] == ["a dog barks", "a dog howls", "a hound bays"]  # tags unused when captioned
+    assert examples["multi"]["labels"] == ["Dog"] and examples["single"]["labels"] == []
+    assert examples["tagsonly"]["labels"] == ["Siren"]
     assert examples["single"]["captions"] == ["rain on a roof"]
     assert examples["labels"]["captions"] == [template_caption(["Dog", "Cat"])] == ["The sound of Dog and Cat"]
     assert examples["tagsonly"]["captions"] == ["The sound of Siren"]

@@ -1,7 +1,8 @@
 """The streamed reader: a data source -> `datasets.IterableDataset` of examples ready for `LaionClapProcessor`.
 
 Example: {"key": str, "audio": (T,) float32 mono 48 kHz numpy, "sampling_rate": 48000,
-          "captions": list[str], "caption": str (the one drawn for this epoch)}
+          "captions": list[str], "caption": str (the one drawn for this epoch),
+          "labels": list[str] (the sample's tags/labels, [] when it has none; zero-shot evaluation reads them)}
 
 Pipeline (every stage is a `datasets` stage, so `state_dict()`, `set_epoch()` and `split_dataset_by_node` work):
 
@@ -146,7 +147,7 @@ class _Pipeline:
             return self._skip(record, "undecodable_audio", str(error))
         draw = np.random.default_rng(_seed(self.seed, int(self.epoch), key)).integers(len(captions))
         return {"key": key, "audio": audio, "sampling_rate": SAMPLE_RATE, "captions": captions,
-                "caption": captions[draw]}
+                "caption": captions[draw], "labels": list(labels or [])}
 
     def _skip(self, record: dict[str, Any], reason: str, detail: str) -> dict[str, Any]:
         key, rank, world_size = record["key"], *self.owner
@@ -154,10 +155,10 @@ class _Pipeline:
             where = f" in {record['where']}" if record["where"] else ""
             logger.warning("skipped sample %r%s: %s (%s)", key, where, reason, detail)
             self.counter.add(reason)
-        return {"key": key, "audio": None, "sampling_rate": SAMPLE_RATE, "captions": [], "caption": ""}
+        return {"key": key, "audio": None, "sampling_rate": SAMPLE_RATE, "captions": [], "caption": "", "labels": []}
 
 
-_RAW_ONLY = ["audio_path", "meta", "labels", "error", "detail", "where"]  # raw-record fields that examples do not carry
+_RAW_ONLY = ["audio_path", "meta", "error", "detail", "where"]  # raw-record fields that examples do not carry
 
 
 def _kept(example: dict[str, Any]) -> bool:
