@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.set_defaults(run=_convert)
 
+    from . import train
+
+    train_parser = commands.add_parser("train", help="train a CLAP from a recipe (one process; see accelerate launch)")
+    train.add_arguments(train_parser)
+    train_parser.set_defaults(run=train.run)
+
     demo = commands.add_parser("demo", help="the main job on the built-in default")
     demo.set_defaults(run=_demo)
     for module_name in COMMAND_MODULES:

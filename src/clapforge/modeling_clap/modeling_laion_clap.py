@@ -22,15 +22,28 @@ from .modeling_htsat import HtsatAudioEncoder, SwinBlock, WindowAttention, relat
 from .modeling_pann import PannAudioEncoder, init_pann_weights
 
 
-def contrastive_loss(audio_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE over matching rows: audio i belongs with text i.
+def contrastive_loss(
+    audio_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    logit_scale: torch.Tensor,
+    all_audio_embeds: torch.Tensor | None = None,
+    all_text_embeds: torch.Tensor | None = None,
+    first_label: int = 0,
+) -> torch.Tensor:
+    """Symmetric InfoNCE: audio row i belongs with text `first_label + i` of the columns, and vice versa.
 
-    audio_embeds, text_embeds: (B, E), L2-normalised. `logit_scale` is the *log* of the temperature's inverse.
-    One scale serves both directions, as in LAION's `ClipLoss` (its `logit_scale_t` is only for the unused MLP loss).
+    audio_embeds, text_embeds: (B, E) rows, L2-normalised. The columns default to the rows themselves; distributed
+    training passes the embeddings gathered from every process as columns (`all_*`, (N, E)) and its own offset in
+    them as `first_label` (open_clip's "local loss"). `logit_scale` is the *log* of the inverse temperature; one scale
+    serves both directions, as in LAION's `ClipLoss` (its `logit_scale_t` only served the unused MLP loss).
     """
-    logits = logit_scale.exp() * audio_embeds @ text_embeds.T  # (B, B)
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    all_audio_embeds = audio_embeds if all_audio_embeds is None else all_audio_embeds
+    all_text_embeds = text_embeds if all_text_embeds is None else all_text_embeds
+    scale = logit_scale.exp()
+    logits_per_audio = scale * audio_embeds @ all_text_embeds.T  # (B, N)
+    logits_per_text = scale * text_embeds @ all_audio_embeds.T  # (B, N)
+    labels = torch.arange(audio_embeds.shape[0], device=audio_embeds.device) + first_label
+    return (F.cross_entropy(logits_per_audio, labels) + F.cross_entropy(logits_per_text, labels)) / 2
 
 
 @dataclass

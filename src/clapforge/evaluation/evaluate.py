@@ -1,0 +1,207 @@
+"""Embed a stream of examples with a CLAP model and score it: retrieval both ways and zero-shot accuracy.
+
+Shapes: N clips, N_t captions, K classes, E joint embedding, B batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import ProcessorMixin
+
+from ..processing.processing_laion_clap import TEXT_MAX_LENGTH
+from .metrics import chance_levels, retrieval_metrics, zero_shot_accuracy
+
+DEFAULT_PROMPT = "This is a sound of {label}."
+
+
+def embed_audio_batches(
+    model: torch.nn.Module,
+    feature_extractor: Any,
+    clips: Iterable[np.ndarray | torch.Tensor],
+    batch_size: int = 16,
+    sampling_rate: int = 48000,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """(N, E) float32 audio embeddings of `clips`, on the model's device, in input order.
+
+    `clips` is consumed lazily, `batch_size` at a time, so a stream never sits in memory whole. `feature_extractor`
+    is a `LaionClapFeatureExtractor` or a processor holding one; features are computed on the model's device with
+    its deterministic crop (no random crop), so results are reproducible. The model runs in eval mode under
+    `torch.inference_mode()` (and `torch.autocast(dtype=autocast_dtype)` if given); its previous train/eval modes
+    are restored on return.
+    """
+    feature_extractor = getattr(feature_extractor, "feature_extractor", feature_extractor)
+    device = _device(model)
+    embeds = []
+    with _evaluating(model), _autocast(device, autocast_dtype):
+        for batch in _batches(clips, batch_size):
+            features = feature_extractor(batch, sampling_rate=sampling_rate, device=device)
+            embeds.append(model.get_audio_embeds(features["input_features"], features["is_longer"]).float())  # (B, E)
+    return _concat(embeds, model, device)  # (N, E)
+
+
+def embed_texts(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Iterable[str],
+    batch_size: int = 64,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """(N_t, E) float32 text embeddings, on the model's device, in input order.
+
+    `tokenizer` is a `LaionClapProcessor` (which rejects empty texts) or a bare tokenizer, which is then called
+    with the processor's settings (pad to the longest, truncate at 77 tokens). Eval mode, inference mode, autocast
+    and mode restoring as in `embed_audio_batches`.
+    """
+    device = _device(model)
+    embeds = []
+    with _evaluating(model), _autocast(device, autocast_dtype):
+        for batch in _batches(texts, batch_size):
+            if isinstance(tokenizer, ProcessorMixin):
+                tokens = tokenizer(text=batch)
+            else:
+                tokens = tokenizer(
+                    batch, padding=True, truncation=True, max_length=TEXT_MAX_LENGTH, return_tensors="pt"
+                )
+            inputs = {name: tokens[name].to(device) for name in ("input_ids", "attention_mask", "token_type_ids")
+                      if name in tokens}
+            embeds.append(model.get_text_embeds(**inputs).float())  # (B, E)
+    return _concat(embeds, model, device)  # (N_t, E)
+
+
+def evaluate_clap(
+    model: torch.nn.Module,
+    processor: Any,
+    examples: Iterable[Mapping[str, Any]],
+    class_names: Sequence[str] | None = None,
+    prompt: str = DEFAULT_PROMPT,
+    batch_size: int = 16,
+    ks: Sequence[int] = (1, 5, 10),
+    zero_shot_ks: Sequence[int] = (1, 5),
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """Retrieval and zero-shot scores of `model` on `examples`, with the chance level of each.
+
+    Args:
+        model: a `LaionClapModel` (anything with `get_audio_embeds` and `get_text_embeds`).
+        processor: a `LaionClapProcessor`.
+        examples: dicts in the stream format of `clapforge.data.stream` ({"key", "audio", "sampling_rate",
+            "captions", "labels"}), read once and lazily; every example must have the same `sampling_rate`.
+        class_names: the zero-shot label set. Clips whose first label is one of them are classified among all of
+            them with `prompt`; other clips only take part in retrieval. None skips zero-shot.
+        prompt: zero-shot text template, formatted with `label=` (default LAION's "This is a sound of {label}.").
+        ks, zero_shot_ks: the k of retrieval R@k and of zero-shot top-k.
+
+    Returns:
+        `t2a_R@k`, `t2a_mAP@10`, `a2t_R@k`, `a2t_mAP@10` with every caption of every clip as a text->audio query
+        (see `retrieval_metrics`); `zero_shot_top{k}` when `class_names` is given (k > K omitted); `n_clips`,
+        `n_captions` (and `n_zero_shot`, `n_classes`); and `chance/<metric>` for each metric.
+    """
+    stream = iter(examples)
+    first = next(stream, None)
+    if first is None:
+        raise ValueError("evaluate_clap got no examples")
+    # The feature extractor needs the rate up front; it is the first example's, and every other must match.
+    sampling_rate = int(first["sampling_rate"])
+    captions: list[str] = []
+    caption_clip: list[int] = []
+    first_labels: list[str | None] = []
+
+    def clips() -> Iterator[Any]:
+        # Collects the text side while the audio side is embedded batch by batch, so the stream is read once.
+        for i, example in enumerate(_chain(first, stream)):
+            name = example.get("key", i)
+            if int(example["sampling_rate"]) != sampling_rate:
+                raise ValueError(f"example {name!r} is at {example['sampling_rate']} Hz, the first one at "
+                                 f"{sampling_rate} Hz: resample the examples to one rate first")
+            if not example["captions"]:
+                raise ValueError(f"example {name!r} has no caption")
+            captions.extend(example["captions"])
+            caption_clip.extend([i] * len(example["captions"]))
+            labels = example.get("labels") or []
+            first_labels.append(labels[0] if labels else None)
+            yield example["audio"]
+
+    audio_embeds = embed_audio_batches(model, processor, clips(), batch_size, sampling_rate, autocast_dtype)  # (N, E)
+    text_embeds = embed_texts(model, processor, captions, batch_size, autocast_dtype)  # (N_t, E)
+    text_to_audio = torch.tensor(caption_clip, dtype=torch.long)  # (N_t,)
+
+    out = retrieval_metrics(audio_embeds, text_embeds, text_to_audio, ks=ks)
+    chance = chance_levels(text_to_audio=text_to_audio, n_audio=len(first_labels), ks=ks)
+    out.update({"n_clips": len(first_labels), "n_captions": len(captions)})
+
+    if class_names is not None:
+        index = {name: k for k, name in enumerate(class_names)}
+        if len(index) != len(class_names):
+            raise ValueError("class_names holds duplicates")
+        rows = [i for i, label in enumerate(first_labels) if label in index]
+        if not rows:
+            raise ValueError(f"no example's first label is one of the {len(class_names)} class_names")
+        targets = torch.tensor([index[first_labels[i]] for i in rows], dtype=torch.long)  # (N',)
+        class_embeds = embed_texts(model, processor, [prompt.format(label=name) for name in class_names],
+                                   batch_size, autocast_dtype)  # (K, E)
+        picked = audio_embeds[torch.tensor(rows, device=audio_embeds.device)]  # (N', E)
+        accuracy = zero_shot_accuracy(picked, class_embeds, targets, ks=zero_shot_ks)
+        out.update({f"zero_shot_{key}": value for key, value in accuracy.items()})
+        zs_chance = chance_levels(n_classes=len(class_names), zero_shot_ks=zero_shot_ks)
+        chance.update({f"zero_shot_{key}": value for key, value in zs_chance.items()})
+        out.update({"n_zero_shot": len(rows), "n_classes": len(class_names)})
+
+    out.update({f"chance/{key}": value for key, value in chance.items()})
+    return out
+
+
+def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+    yield first
+    yield from rest
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    if size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {size}")
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _concat(embeds: list[torch.Tensor], model: torch.nn.Module, device: torch.device) -> torch.Tensor:
+    if embeds:
+        return torch.cat(embeds)
+    return torch.empty(0, model.config.projection_dim, device=device)
+
+
+@contextlib.contextmanager
+def _evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and inference mode for the duration, then every submodule's own train/eval flag back.
+
+    Per module rather than `model.train(was_training)`: a training run may keep part of the model in eval mode
+    (a frozen text tower, frozen BatchNorm), and a blanket `train(True)` would silently switch it back on.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -1,0 +1,272 @@
+"""Publishing to the Hugging Face Hub: the model card, the Hub-ready folder, and the upload.
+
+A Hub-ready folder is what `save_pretrained` writes for the model and the processor (safetensors, `config.json`
+with `auto_map`, the flat code files, `processor_config.json`, the tokenizer) plus a `README.md` model card whose
+YAML front matter carries the validation metrics as a `model-index`. Such a folder loads with
+`AutoModel.from_pretrained(folder_or_repo, trust_remote_code=True)` where clapforge is not installed.
+
+Where the Hub is: huggingface_hub reads `HF_ENDPOINT` (and `HF_HUB_DISABLE_XET`, `HF_TOKEN`) once, when it is first
+imported, and transformers imports it, so setting those variables after `import clapforge` changes nothing for
+downloads. `push_folder(endpoint=...)` talks to another endpoint without touching the environment (every call it
+makes goes through one `HfApi(endpoint=...)`); for downloads, set the variables before the process starts. The
+tests do both pushes and downloads in subprocesses started with that environment (see `tests/hub_server.py`).
+
+Nothing here touches the network at import time; huggingface_hub is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+PIPELINE_TAG = "zero-shot-audio-classification"
+TAGS = ["clapforge", "clap", "laion-clap", "audio", "zero-shot-audio-classification", "custom_code"]
+DEFAULT_IGNORE_PATTERNS = (".prepare/*", "*.tmp*", "*.old-*", "__pycache__/*", "*.pyc")
+# Files a model folder owns entirely: on a re-push, remote ones that the new folder no longer has are deleted (a
+# stale shard index or code file would otherwise shadow or break the new upload). Other remote files are left alone.
+MODEL_OWNED_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.py")
+
+# (task type, task name) for a metric key; see `_task_for_metric`.
+ZERO_SHOT_TASK = (PIPELINE_TAG, "Zero-shot audio classification")
+RETRIEVAL_TASK = ("audio-text-retrieval", "Audio-text retrieval")
+
+
+def _task_for_metric(key: str) -> tuple[str, str]:
+    """Retrieval metrics (`text_to_audio/R@1`, `audio_to_text/mAP@10`, ...) vs classification (`zero_shot_accuracy`)."""
+    lowered = key.lower()
+    if any(s in lowered for s in ("text_to_audio", "audio_to_text", "t2a", "a2t", "r@", "recall", "map@")):
+        return RETRIEVAL_TASK
+    return ZERO_SHOT_TASK
+
+
+def _metric_name(key: str) -> str:
+    """A readable name: `text_to_audio/R@10` -> `Text to audio R@10`, `zero_shot_accuracy` -> `Zero shot accuracy`."""
+    words = re.sub(r"[_/]+", " ", key).strip()
+    return words[:1].upper() + words[1:]
+
+
+def _format_value(value: float) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def model_card(
+    model_name: str,
+    recipe: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, float] | None = None,
+    *,
+    dataset_name: str = "validation set",
+    dataset_type: str | None = None,
+    dataset_split: str = "validation",
+    base_model: str | list[str] | None = None,
+    repo_id: str | None = None,
+    license: str = "apache-2.0",  # noqa: A002 - the Hub's field name
+    language: str | list[str] | None = "en",
+    library_name: str = "transformers",
+    datasets: str | list[str] | None = None,
+    description: str | None = None,
+    architecture: Mapping[str, Any] | None = None,
+    extra_tags: Iterable[str] = (),
+) -> str:
+    """The text of a README.md model card, YAML front matter included.
+
+    `metrics` maps a metric key to its value on the validation data and becomes the card's `model-index`: keys
+    naming retrieval (`text_to_audio/R@1`, `audio_to_text/mAP@10`, ... as the evaluation code names them) go under
+    the task `audio-text-retrieval`, the others (`zero_shot_accuracy`) under `zero-shot-audio-classification`, all
+    against `dataset_name` (`dataset_type` defaults to it: a Hub dataset id when there is one). The front matter is
+    built with huggingface_hub's `ModelCardData`/`EvalResult`, so it has the shape the Hub validates, and is parsed
+    back through `ModelCard` before it is returned (an inconsistent card raises here, not on the Hub).
+
+    `library_name` is "transformers" because that is what loads the model (with `trust_remote_code=True`); the
+    `clapforge` tag says where it comes from. `recipe` (the training configuration) is shown as a YAML block.
+    """
+    import yaml
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    eval_results = []
+    for key, value in (metrics or {}).items():
+        task_type, task_name = _task_for_metric(key)
+        eval_results.append(
+            EvalResult(
+                task_type=task_type,
+                task_name=task_name,
+                dataset_type=dataset_type or dataset_name,
+                dataset_name=dataset_name,
+                dataset_split=dataset_split,
+                metric_type=key,
+                metric_name=_metric_name(key),
+                metric_value=float(value),
+            )
+        )
+    card_data = ModelCardData(
+        model_name=model_name,
+        license=license,
+        language=language,
+        library_name=library_name,
+        pipeline_tag=PIPELINE_TAG,
+        tags=[*TAGS, *extra_tags],
+        base_model=base_model,
+        datasets=datasets,
+        eval_results=eval_results or None,
+    )
+    repo = repo_id or model_name
+    sections = [
+        f"# {model_name}",
+        description
+        or (
+            "A [LAION-CLAP](https://arxiv.org/abs/2211.06687) contrastive language-audio model, built and trained with "
+            "[clapforge](https://github.com/clapforge/clapforge). It maps audio clips and texts into one embedding "
+            "space: compare a clip with label prompts for zero-shot classification, or rank clips by a text query."
+        ),
+    ]
+    if architecture:
+        sections.append("| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in architecture.items()))
+    sections.append(
+        "## How to use\n\n"
+        "The model code ships with the weights, so only `transformers` and `torchaudio` are needed:\n\n"
+        "```python\n"
+        "import torch\n"
+        "from transformers import AutoModel, AutoProcessor\n\n"
+        f'model = AutoModel.from_pretrained("{repo}", trust_remote_code=True).eval()\n'
+        f'processor = AutoProcessor.from_pretrained("{repo}", trust_remote_code=True)\n\n'
+        'labels = ["a dog barking", "rain on a roof"]\n'
+        'inputs = processor(text=[f"This is a sound of {label}." for label in labels], audio=[waveform],\n'
+        "                   sampling_rate=sampling_rate)  # any rate: it is resampled to the model's\n"
+        "with torch.no_grad():\n"
+        "    outputs = model(**inputs)\n"
+        "probabilities = outputs.logits_per_audio.softmax(dim=-1)  # (clips, labels)\n"
+        "audio_embeds, text_embeds = outputs.audio_embeds, outputs.text_embeds  # L2-normalised\n"
+        "```"
+    )
+    if eval_results:
+        rows = "\n".join(f"| {r.task_name} | {r.metric_name} | {_format_value(r.metric_value)} |" for r in eval_results)
+        sections.append(
+            f"## Evaluation\n\nOn {dataset_name} ({dataset_split}):\n\n| task | metric | value |\n|---|---|---|\n{rows}"
+        )
+    if recipe:
+        recipe_yaml = yaml.safe_dump(dict(recipe), sort_keys=False, allow_unicode=True).rstrip()
+        sections.append(f"## Training recipe\n\n```yaml\n{recipe_yaml}\n```")
+    content = f"---\n{card_data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"
+    ModelCard(content)  # parse back: raises on front matter the Hub would reject
+    return content
+
+
+def _architecture(model: Any) -> dict[str, Any]:
+    config = model.config
+    audio = getattr(config, "audio_config", None)
+    text = getattr(config, "text_config", None)
+    rows = {
+        "audio encoder": getattr(audio, "model_type", "?"),
+        "text encoder": getattr(text, "model_type", "?"),
+        "embedding size": getattr(config, "projection_dim", getattr(config, "joint_embed_dim", "?")),
+        "feature fusion": getattr(config, "enable_fusion", False),
+        "parameters": f"{sum(p.numel() for p in model.parameters()):,}",
+    }
+    return {k: v for k, v in rows.items() if v != "?"}
+
+
+def export_hub_folder(
+    model: Any,
+    processor: Any,
+    folder: str | Path,
+    recipe: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, float] | None = None,
+    **card_kwargs: Any,
+) -> Path:
+    """Write a Hub-ready folder: weights (safetensors), code, config, processor, README.md model card.
+
+    The folder is written next to its destination (`<folder>.tmp-xxxx`) and renamed into place only once complete:
+    a failure while writing leaves an existing `folder` untouched and no partial folder behind. An existing folder
+    is moved aside (`<folder>.old-xxxx`) just before the rename and deleted after it, so at every instant at least
+    one complete export is on disk. `card_kwargs` go to `model_card` (`model_name` defaults to the folder's name).
+    """
+    folder = Path(folder).absolute()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp-", dir=folder.parent))
+    try:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        card_kwargs.setdefault("model_name", folder.name)
+        card_kwargs.setdefault("architecture", _architecture(model))
+        (tmp / "README.md").write_text(model_card(recipe=recipe, metrics=metrics, **card_kwargs), encoding="utf-8")
+        _check_model_folder(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if folder.exists():
+        old = Path(tempfile.mkdtemp(prefix=f"{folder.name}.old-", dir=folder.parent))
+        folder.rename(old / folder.name)
+    tmp.rename(folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def _check_model_folder(folder: Path) -> None:
+    if not (folder / "config.json").is_file():
+        raise ValueError(
+            f"{folder} has no config.json: not a model folder (write one with `export_hub_folder` or "
+            "`model.save_pretrained`)"
+        )
+    if not any(folder.glob("*.safetensors")):
+        raise ValueError(f"{folder} has no *.safetensors weights")
+
+
+def _check_space_folder(folder: Path) -> None:
+    from huggingface_hub import metadata_load
+
+    readme = folder / "README.md"
+    if not readme.is_file():
+        raise ValueError(f"{folder} has no README.md: a Space needs one with a YAML header naming its sdk")
+    if not (metadata_load(readme) or {}).get("sdk"):
+        raise ValueError(f"{readme} has no `sdk:` in its YAML header (e.g. `sdk: gradio`)")
+
+
+def push_folder(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool = False,
+    repo_type: str = "model",
+    commit_message: str | None = None,
+    ignore_patterns: Iterable[str] = DEFAULT_IGNORE_PATTERNS,
+    delete_patterns: Iterable[str] | None = None,
+    space_sdk: str | None = None,
+    endpoint: str | None = None,
+) -> str:
+    """Create the repo if needed and upload `folder` to it in one commit; returns the commit URL.
+
+    A model folder must hold `config.json` and safetensors weights; a Space folder (`repo_type="space"`) a README.md
+    whose YAML header names the `sdk` (also used to create the Space unless `space_sdk` is given).
+    `delete_patterns` are remote files removed unless the folder has them again; for a model it defaults to the
+    weights and code files (`MODEL_OWNED_PATTERNS`), so a re-push never leaves stale shards or modules behind.
+    `token` defaults to the logged-in one (`HF_TOKEN`); `endpoint` to `HF_ENDPOINT` as read at import.
+    """
+    from huggingface_hub import HfApi, metadata_load
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder")
+    if repo_type == "model":
+        _check_model_folder(folder)
+        if delete_patterns is None:
+            delete_patterns = MODEL_OWNED_PATTERNS
+    elif repo_type == "space":
+        _check_space_folder(folder)
+        space_sdk = space_sdk or metadata_load(folder / "README.md")["sdk"]
+    api = HfApi(endpoint=endpoint, token=token)
+    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, space_sdk=space_sdk)
+    info = api.upload_folder(
+        folder_path=folder,
+        repo_id=repo_id,
+        repo_type=repo_type,
+        commit_message=commit_message or f"Upload {folder.name} with clapforge",
+        ignore_patterns=list(ignore_patterns),
+        delete_patterns=list(delete_patterns) if delete_patterns else None,
+    )
+    return info.commit_url

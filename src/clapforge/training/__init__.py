@@ -1,0 +1,1 @@
+"""Contrastive training with Accelerate: recipes, the distributed loss, checkpoints, `train(recipe)`."""

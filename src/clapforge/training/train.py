@@ -1,0 +1,247 @@
+"""`train(recipe)`: contrastive training of a LaionClapModel with Accelerate, one process or many.
+
+    accelerate launch -m clapforge.train --config recipes/NAME.yaml [dotted.key=value ...]
+    clapforge train --config recipes/NAME.yaml [dotted.key=value ...]
+
+The data stream is sharded across processes by `split_dataset_by_node` (in `stream_dataset`), so the DataLoader is
+deliberately NOT passed to `accelerator.prepare`: accelerate would shard (or dispatch) it a second time.
+"""
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import ProjectConfiguration, set_seed
+from torchdata.stateful_dataloader import StatefulDataLoader
+from tqdm.auto import tqdm
+
+from ..data.stream import stream_dataset
+from ..evaluation.evaluate import evaluate_clap
+from .augment import promote_longer, spec_augment
+from .checkpoint import complete_checkpoints, resolve_resume, save_checkpoint
+from .loss import global_contrastive_loss
+from .optim import build_optimizer, warmup_cosine
+from .recipe import Recipe, RecipeError
+from .weights import build_model
+
+logger = logging.getLogger(__name__)
+MAX_LOGIT_SCALE = math.log(100)  # LAION clamps exp(logit_scale_a) to [1, 100] after every step
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+class TrainingProgress:
+    """Step, epoch and data position: checkpointed with the rest of the state via `register_for_checkpointing`."""
+
+    def __init__(self, loader: StatefulDataLoader) -> None:
+        self.step, self.epoch, self.loader = 0, 0, loader
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "epoch": self.epoch, "loader": self.loader.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.loader.load_state_dict(state["loader"])
+
+
+def _collate(examples: list[dict]) -> list[dict]:
+    return examples  # feature extraction happens in the loop, where the per-step generator lives
+
+
+def _step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    # Augmentation draws depend only on (seed, step, rank): a resumed run repeats them without saved RNG state.
+    return torch.Generator().manual_seed(seed * 1_000_003 + step * 1_009 + rank)
+
+
+def make_batch(processor, examples: list[dict], recipe: Recipe, generator: torch.Generator, fused: bool) -> dict:
+    """Examples of the stream -> model inputs, with LAION's training augmentation."""
+    inputs = processor(
+        text=[e["caption"] for e in examples],
+        audio=[e["audio"] for e in examples],
+        sampling_rate=examples[0]["sampling_rate"],
+        random_crop=recipe.augment.random_crop,
+        generator=generator,
+    )
+    if recipe.augment.spec_augment:
+        inputs["input_features"] = spec_augment(inputs["input_features"], generator)
+    if fused and recipe.augment.promote_longer:
+        inputs["is_longer"] = promote_longer(inputs["is_longer"], generator)
+    return dict(inputs)
+
+
+def _validation_set(recipe: Recipe) -> tuple[list[dict], list[str] | None]:
+    """The first `max_validation_clips` validation examples, with labels renamed to the zero-shot class names."""
+    data = recipe.data
+    examples = []
+    for example in stream_dataset(data.validation, split=data.validation_split, shuffle=False, columns=data.columns):
+        examples.append(example)
+        if data.max_validation_clips and len(examples) >= data.max_validation_clips:
+            break
+    labels_file = Path(data.labels) if data.labels else Path(data.validation) / "labels.json"
+    if not labels_file.is_file():
+        return examples, None
+    table = json.loads(labels_file.read_text())
+    names = table.get("labels", {})
+    for example in examples:
+        example["labels"] = [names.get(label, label) for label in example["labels"]]
+    return examples, [names.get(c, c) for c in table["classes"]]
+
+
+def _check_data(recipe: Recipe) -> None:
+    for field, source in (("data.train", recipe.data.train), ("data.validation", recipe.data.validation)):
+        if source is not None and "://" not in source and not any(Path().glob(source)) and not Path(source).exists():
+            raise RecipeError(f"{field}: {source} does not exist")
+
+
+def train(recipe: Recipe) -> dict[str, float]:
+    """Run the recipe; returns the last validation metrics. Checkpoints go to <output_dir>/checkpoints."""
+    _check_data(recipe)
+    cfg, out = recipe.train, Path(recipe.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        log_with=recipe.log_with,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+        # Fusion layers get no gradient in a batch without long clips, and logit_scale_t is never trained.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    set_seed(cfg.seed)
+    model, processor, pretrained = build_model(recipe)
+    model.logit_scale_t.requires_grad_(False)
+    if cfg.freeze_text:
+        model.text_model.requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    optimizer = build_optimizer(model, cfg, pretrained)
+    scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.max_steps)
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    train_data = stream_dataset(
+        recipe.data.train,
+        split=recipe.data.train_split,
+        seed=cfg.seed,
+        rank=rank,
+        world_size=world,
+        shuffle_buffer=recipe.data.shuffle_buffer,
+        columns=recipe.data.columns,
+    )
+    # drop_last: all processes must gather equally sized batches.
+    loader = StatefulDataLoader(
+        train_data, batch_size=cfg.batch_size, collate_fn=_collate, drop_last=True, num_workers=recipe.data.num_workers
+    )
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    unwrapped = accelerator.unwrap_model(model)
+    progress = TrainingProgress(loader)
+    accelerator.register_for_checkpointing(progress)
+    checkpoints = out / "checkpoints"
+    if recipe.resume:
+        accelerator.load_state(str(resolve_resume(recipe.resume, checkpoints)))
+        logger.info("resumed at step %d", progress.step)
+    validation, class_names = _validation_set(recipe) if recipe.data.validation else ([], None)
+    if accelerator.is_main_process:
+        accelerator.init_trackers(recipe.name, config=_flat(recipe.to_dict()))
+
+    metrics: dict[str, float] = {}
+    bar = tqdm(total=cfg.max_steps, initial=progress.step, disable=not accelerator.is_local_main_process, desc="train")
+    fused = unwrapped.config.enable_fusion
+    started, seen = time.perf_counter(), 0
+    while progress.step < cfg.max_steps:
+        train_data.set_epoch(progress.epoch)
+        for examples in loader:
+            batch = make_batch(processor, examples, recipe, _step_generator(cfg.seed, progress.step, rank), fused)
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            with accelerator.autocast():
+                output = model(**batch)
+                loss = global_contrastive_loss(
+                    output.audio_embeds.float(),
+                    output.text_embeds.float(),
+                    unwrapped.logit_scale_a,
+                    local_loss=cfg.local_loss,
+                )
+            if not torch.isfinite(loss):
+                last = complete_checkpoints(checkpoints)
+                raise TrainingDiverged(
+                    f"loss is {loss.item()} at step {progress.step}; last good checkpoint: "
+                    f"{last[-1] if last else 'none'}"
+                )
+            accelerator.backward(loss)
+            if cfg.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                unwrapped.logit_scale_a.clamp_(0, MAX_LOGIT_SCALE)
+            progress.step += 1
+            seen += len(examples) * world
+            throughput = seen / (time.perf_counter() - started)
+            accelerator.log(
+                {
+                    "train/loss": loss.item(),
+                    "train/lr": scheduler.get_last_lr()[0],
+                    "train/logit_scale": unwrapped.logit_scale_a.exp().item(),
+                    "train/samples_per_s": throughput,
+                    "train/skipped_samples": train_data.skip_counter.total(),
+                },
+                step=progress.step,
+            )
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", samples_s=f"{throughput:.1f}"
+            )
+            if recipe.eval.every and progress.step % recipe.eval.every == 0 and validation:
+                metrics = _validate(accelerator, unwrapped, processor, validation, class_names, recipe, progress.step)
+            if recipe.checkpoint.every and progress.step % recipe.checkpoint.every == 0:
+                save_checkpoint(accelerator, checkpoints, progress.step, recipe.checkpoint.keep_last)
+            if progress.step >= cfg.max_steps:
+                break
+        else:
+            progress.epoch += 1  # the stream is exhausted: next epoch, new shard order and captions
+    bar.close()
+    save_checkpoint(accelerator, checkpoints, progress.step, recipe.checkpoint.keep_last)
+    if validation:
+        metrics = _validate(accelerator, unwrapped, processor, validation, class_names, recipe, progress.step)
+    if accelerator.is_main_process:
+        _export(unwrapped, processor, recipe, metrics, out)
+    accelerator.end_training()
+    return metrics
+
+
+def _validate(accelerator, model, processor, validation, class_names, recipe: Recipe, step: int) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    if accelerator.is_main_process:
+        metrics = evaluate_clap(
+            model, processor, validation, class_names, prompt=recipe.eval.prompt, batch_size=recipe.eval.batch_size
+        )
+        accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
+        logger.info("step %d validation: %s", step, metrics)
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def _export(model, processor, recipe: Recipe, metrics: dict[str, float], out: Path) -> None:
+    from ..hub import export_hub_folder, push_folder
+
+    folder = export_hub_folder(
+        model, processor, out / "hub", recipe=recipe.to_dict(), metrics=metrics, model_name=recipe.name
+    )
+    if recipe.push_to_hub:
+        push_folder(folder, recipe.push_to_hub)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """Trackers take flat scalar hyperparameters."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, int | float | str | bool) else str(value)
+    return flat
