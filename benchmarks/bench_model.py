@@ -7,8 +7,10 @@ What is compared, and how:
    transformers model holding the clapforge model's (randomly initialised) weights through `clapforge.convert`.
    Both run fp32; clapforge also runs under `torch.autocast("cpu", dtype=torch.bfloat16)`. The calls are
    interleaved (one of each per round, the order alternating) so that load from other processes hits every
-   contender alike; each gets warm-up calls, then the median of the timed rounds. Agreement: max |difference|
-   between the two fp32 embeddings, and for bf16 the smallest cosine similarity to clapforge's own fp32 embedding.
+   contender alike; each gets warm-up calls, then clips/s from the median of the timed rounds, and the speed
+   ratio as the median over rounds of the per-round ratio (robust to load that changes between rounds).
+   Agreement: max |difference| between the two fp32 embeddings, and for bf16 the smallest cosine similarity to
+   clapforge's own fp32 embedding.
    Presets: `htsat-tiny` (1-channel input) and `htsat-tiny-fused` (4-channel fusion input, `is_longer` all True).
 2. Peak memory for one long clip in fusion mode: feature extraction + audio embedding with `htsat-tiny-fused`'s
    audio tower, each measurement in a fresh subprocess. The increase is the peak RSS during the work minus the RSS
@@ -79,8 +81,8 @@ def random_features(fused: bool, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
     return features, torch.full((BATCH, 1), fused)
 
 
-def interleaved_medians(calls: dict[str, Callable[[], object]], warmup: int, rounds: int) -> dict[str, float]:
-    """Median seconds per call of each callable, timed in alternating order round by round."""
+def interleaved_times(calls: dict[str, Callable[[], object]], warmup: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds of each call of each callable, one call of each per round, the order alternating."""
     names = list(calls)
     for _ in range(warmup):
         for name in names:
@@ -91,7 +93,12 @@ def interleaved_medians(calls: dict[str, Callable[[], object]], warmup: int, rou
             start = time.perf_counter()
             calls[name]()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def paired_ratio(reference: list[float], contender: list[float]) -> float:
+    """Median over rounds of reference time / contender time: each round's pair ran under the same load."""
+    return statistics.median(r / c for r, c in zip(reference, contender, strict=True))
 
 
 def embedding_rows(preset: str, warmup: int, rounds: int) -> list[dict]:
@@ -113,14 +120,15 @@ def embedding_rows(preset: str, warmup: int, rounds: int) -> list[dict]:
 
     with torch.inference_mode():
         ours, bf16, theirs = clapforge_fp32(), clapforge_bf16(), transformers_fp32()
-        seconds = interleaved_medians(
+        times = interleaved_times(
             {"fp32": clapforge_fp32, "bf16": clapforge_bf16, "transformers": transformers_fp32}, warmup, rounds
         )
+    seconds = {name: statistics.median(t) for name, t in times.items()}
     max_diff = (ours - theirs).abs().max().item()
     min_cosine = torch.nn.functional.cosine_similarity(bf16, ours, dim=-1).min().item()
     reference = BATCH / seconds["transformers"]
-    fp32_ratio = seconds["transformers"] / seconds["fp32"]
-    bf16_ratio = seconds["transformers"] / seconds["bf16"]
+    fp32_ratio = paired_ratio(times["transformers"], times["fp32"])
+    bf16_ratio = paired_ratio(times["transformers"], times["bf16"])
     return [
         {"preset": preset, "precision": "fp32", "clapforge": BATCH / seconds["fp32"], "transformers": reference,
          "ratio": fp32_ratio, "agreement": f"max abs diff {max_diff:.1e}",
@@ -218,11 +226,11 @@ def memory_table(rows: list[dict]) -> str:
 # RESULTS.md
 
 
-def header() -> str:
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+def header(load_at_start: float) -> str:
     return (f"`{COMMAND}`, {datetime.date.today().isoformat()}, torch {torch.__version__}, transformers "
-            f"{transformers.__version__}, {THREADS} threads, CPU only; load average at the end {load} (other jobs "
-            f"share these cores: the interleaved rounds keep ratios fair, absolute clips/s move with the load).")
+            f"{transformers.__version__}, {THREADS} threads, CPU only. 1-minute load average {load_at_start:.1f} at "
+            f"the start, {os.getloadavg()[0]:.1f} at the end: other jobs sharing the cores slow every contender "
+            "alike within a round, but absolute clips/s move with the load.")
 
 
 def replace_section(text: str, title: str, body: str) -> str:
@@ -255,6 +263,7 @@ def main() -> None:
         return
     torch.set_num_threads(THREADS)
     warmup, rounds = (1, 3) if args.quick else (2, 7)
+    load_at_start = os.getloadavg()[0]
 
     rows = [row for preset in ("htsat-tiny", "htsat-tiny-fused") for row in embedding_rows(preset, warmup, rounds)]
     embedding = embedding_table(rows)
@@ -265,10 +274,11 @@ def main() -> None:
     print("## Long clips: memory\n\n" + memory + "\n")
 
     if not args.quick:
-        notes = header()
+        notes = header(load_at_start)
         write_results({
             "## Audio embedding": f"{notes}\n\nBatch of {BATCH} random log-mel clips, median of {rounds} interleaved "
-                                  f"rounds after {warmup} warm-up. Ratio = transformers time / clapforge time.\n\n"
+                                  f"rounds after {warmup} warm-up. Ratio = median over rounds of (transformers "
+                                  "time / clapforge time) within the round.\n\n"
                                   + embedding,
             "## Long clips: memory": f"{notes}\n\nOne clip of white noise, fusion mode (`htsat-tiny-fused` audio "
                                      "tower), feature extraction + embedding, each row a fresh process. Increase = "

@@ -41,7 +41,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, pretrained_prefixes: tup
 def warmup_cosine(
     optimizer: torch.optim.Optimizer, warmup_steps: int, max_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup to each group's lr over `warmup_steps`, then cosine decay to 0 at `max_steps` (LAION's cosine_lr)."""
+    """Linear warmup to each group's lr over `warmup_steps`, then cosine decay to 0 (LAION's cosine_lr)."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:
