@@ -4,7 +4,8 @@ Shapes: N_a audio clips, N_t captions, K classes, E joint embedding, C the most 
 
 Conventions shared by every function here:
 - Similarity is cosine: embeddings are L2-normalised inside (in float32), so unnormalised inputs and any logit scale
-  give the same ranks. Everything runs on the inputs' device; results are Python floats.
+  give the same ranks. Similarities and ranks are computed on the inputs' device, in chunks of queries; the small
+  per-query values are averaged on the CPU in float64, and results are Python floats.
 - Rank is 0-based and optimistic on ties: an item's rank is the number of items with a strictly higher similarity,
   so a relevant item tied with irrelevant ones counts as ranked ahead of them. R@k is "rank < k". Where a query has
   several relevant items (audio->text), they are placed as in a ranking that breaks ties in favour of relevant

@@ -83,15 +83,21 @@ class WindowAttention(nn.Module):
     def forward(self, x: torch.Tensor, shift_mask: torch.Tensor | None) -> torch.Tensor:
         """x: (B, w, N, D), shift_mask: (w, N, N) or None -> (B, w, N, D)."""
         b, nw, n, d = x.shape
-        qkv = self.qkv(x).view(b, nw, n, 3, self.heads, d // self.heads)
-        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # 3 x (B, w, h, N, D/h)
+        hd = d // self.heads
+        qkv = self.qkv(x).view(b, nw, n, 3, self.heads, hd)
+        # SDPA takes its fused CPU kernel only for 4-D inputs, so windows are folded into the head axis.
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, b, nw * self.heads, n, hd).unbind(0)  # 3 x (B, w*h, N, D/h)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         bias = bias.view(n, n, self.heads).permute(2, 0, 1)  # (h, N, N)
-        mask = bias if shift_mask is None else bias + shift_mask[:, None]  # (h, N, N) or (w, h, N, N)
+        mask = bias.expand(nw, -1, -1, -1) if shift_mask is None else bias + shift_mask[:, None]  # (w, h, N, N)
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask.to(q.dtype), dropout_p=self.attn_drop if self.training else 0.0
-        )  # (B, w, h, N, D/h)
-        out = out.transpose(2, 3).reshape(b, nw, n, d)  # (B, w, N, D)
+            q,
+            k,
+            v,
+            attn_mask=mask.reshape(1, nw * self.heads, n, n).to(q.dtype),
+            dropout_p=self.attn_drop if self.training else 0.0,
+        )  # (B, w*h, N, D/h)
+        out = out.view(b, nw, self.heads, n, hd).transpose(2, 3).reshape(b, nw, n, d)  # (B, w, N, D)
         return self.proj_drop(self.proj(out))
 
 
