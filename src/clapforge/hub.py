@@ -33,24 +33,45 @@ MODEL_OWNED_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.py")
 # (task type, task name) for a metric key; see `_task_for_metric`.
 ZERO_SHOT_TASK = (PIPELINE_TAG, "Zero-shot audio classification")
 RETRIEVAL_TASK = ("audio-text-retrieval", "Audio-text retrieval")
+_DIRECTIONS = {
+    "t2a": "Text-to-audio",
+    "a2t": "Audio-to-text",
+    "text_to_audio": "Text-to-audio",
+    "audio_to_text": "Audio-to-text",
+}
+_RETRIEVAL_KEY = re.compile(r"^(t2a|a2t|text_to_audio|audio_to_text)[_/](.+)$")
 
 
 def _task_for_metric(key: str) -> tuple[str, str]:
-    """Retrieval metrics (`text_to_audio/R@1`, `audio_to_text/mAP@10`, ...) vs classification (`zero_shot_accuracy`)."""
-    lowered = key.lower()
-    if any(s in lowered for s in ("text_to_audio", "audio_to_text", "t2a", "a2t", "r@", "recall", "map@")):
-        return RETRIEVAL_TASK
-    return ZERO_SHOT_TASK
+    """Retrieval (`t2a_R@1`, `a2t_mAP@10`: `clapforge.evaluation`'s names) vs classification (`zero_shot_top1`)."""
+    return RETRIEVAL_TASK if _RETRIEVAL_KEY.match(key) or "R@" in key or "mAP@" in key else ZERO_SHOT_TASK
 
 
 def _metric_name(key: str) -> str:
-    """A readable name: `text_to_audio/R@10` -> `Text to audio R@10`, `zero_shot_accuracy` -> `Zero shot accuracy`."""
+    """A readable name: `t2a_R@10` -> `Text-to-audio R@10`, `zero_shot_top1` -> `Zero-shot top-1 accuracy`."""
+    if match := _RETRIEVAL_KEY.match(key):
+        return f"{_DIRECTIONS[match.group(1)]} {match.group(2)}"
+    if match := re.fullmatch(r"zero_shot_top(\d+)", key):
+        return f"Zero-shot top-{match.group(1)} accuracy"
     words = re.sub(r"[_/]+", " ", key).strip()
     return words[:1].upper() + words[1:]
 
 
 def _format_value(value: float) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _split_metrics(metrics: Mapping[str, float]) -> tuple[dict[str, float], dict[str, float], dict[str, int]]:
+    """(scores, chance level of each score, counts): `chance/<key>` and `n_<what>` are context, not results."""
+    scores, chance, counts = {}, {}, {}
+    for key, value in metrics.items():
+        if key.startswith("chance/"):
+            chance[key.removeprefix("chance/")] = float(value)
+        elif key.startswith("n_"):
+            counts[key.removeprefix("n_").replace("_", " ")] = int(value)
+        else:
+            scores[key] = float(value)
+    return scores, chance, counts
 
 
 def model_card(
@@ -63,7 +84,7 @@ def model_card(
     dataset_split: str = "validation",
     base_model: str | list[str] | None = None,
     repo_id: str | None = None,
-    license: str = "apache-2.0",  # noqa: A002 - the Hub's field name
+    license: str = "apache-2.0",
     language: str | list[str] | None = "en",
     library_name: str = "transformers",
     datasets: str | list[str] | None = None,
@@ -73,10 +94,12 @@ def model_card(
 ) -> str:
     """The text of a README.md model card, YAML front matter included.
 
-    `metrics` maps a metric key to its value on the validation data and becomes the card's `model-index`: keys
-    naming retrieval (`text_to_audio/R@1`, `audio_to_text/mAP@10`, ... as the evaluation code names them) go under
-    the task `audio-text-retrieval`, the others (`zero_shot_accuracy`) under `zero-shot-audio-classification`, all
-    against `dataset_name` (`dataset_type` defaults to it: a Hub dataset id when there is one). The front matter is
+    `metrics` is what `clapforge.evaluation.evaluate_clap` returns on the validation data. Its scores become the
+    card's `model-index`: retrieval keys (`t2a_R@1`, `a2t_mAP@10`, ...) under the task `audio-text-retrieval`, the
+    others (`zero_shot_top1`, ...) under `zero-shot-audio-classification`, all against `dataset_name`
+    (`dataset_type` defaults to it: a Hub dataset id when there is one). `chance/<key>` entries become a column of
+    the card's table and `n_<what>` counts a sentence above it; neither is a result, so neither is in `model-index`.
+    The front matter is
     built with huggingface_hub's `ModelCardData`/`EvalResult`, so it has the shape the Hub validates, and is parsed
     back through `ModelCard` before it is returned (an inconsistent card raises here, not on the Hub).
 
@@ -86,8 +109,9 @@ def model_card(
     import yaml
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+    scores, chance, counts = _split_metrics(metrics or {})
     eval_results = []
-    for key, value in (metrics or {}).items():
+    for key, value in scores.items():
         task_type, task_name = _task_for_metric(key)
         eval_results.append(
             EvalResult(
@@ -98,7 +122,7 @@ def model_card(
                 dataset_split=dataset_split,
                 metric_type=key,
                 metric_name=_metric_name(key),
-                metric_value=float(value),
+                metric_value=value,
             )
         )
     card_data = ModelCardData(
@@ -142,9 +166,15 @@ def model_card(
         "```"
     )
     if eval_results:
-        rows = "\n".join(f"| {r.task_name} | {r.metric_name} | {_format_value(r.metric_value)} |" for r in eval_results)
+        size = "; ".join(f"{n} {what}" for what, n in counts.items())
+        rows = "\n".join(
+            f"| {r.task_name} | {r.metric_name} | {_format_value(r.metric_value)} | "
+            f"{_format_value(chance[r.metric_type]) if r.metric_type in chance else ''} |"
+            for r in eval_results
+        )
         sections.append(
-            f"## Evaluation\n\nOn {dataset_name} ({dataset_split}):\n\n| task | metric | value |\n|---|---|---|\n{rows}"
+            f"## Evaluation\n\nOn {dataset_name} ({dataset_split}{'; ' + size if size else ''}):\n\n"
+            f"| task | metric | value | chance |\n|---|---|---|---|\n{rows}"
         )
     if recipe:
         recipe_yaml = yaml.safe_dump(dict(recipe), sort_keys=False, allow_unicode=True).rstrip()
@@ -237,12 +267,14 @@ def push_folder(
     ignore_patterns: Iterable[str] = DEFAULT_IGNORE_PATTERNS,
     delete_patterns: Iterable[str] | None = None,
     space_sdk: str | None = None,
+    space_variables: Mapping[str, str] | None = None,
     endpoint: str | None = None,
 ) -> str:
     """Create the repo if needed and upload `folder` to it in one commit; returns the commit URL.
 
     A model folder must hold `config.json` and safetensors weights; a Space folder (`repo_type="space"`) a README.md
-    whose YAML header names the `sdk` (also used to create the Space unless `space_sdk` is given).
+    whose YAML header names the `sdk` (also used to create the Space unless `space_sdk` is given);
+    `space_variables` are set on the Space after the upload (e.g. `{"MODEL": "user/clap"}` for the demo app).
     `delete_patterns` are remote files removed unless the folder has them again; for a model it defaults to the
     weights and code files (`MODEL_OWNED_PATTERNS`), so a re-push never leaves stale shards or modules behind.
     `token` defaults to the logged-in one (`HF_TOKEN`); `endpoint` to `HF_ENDPOINT` as read at import.
@@ -250,6 +282,8 @@ def push_folder(
     from huggingface_hub import HfApi, metadata_load
 
     folder = Path(folder)
+    if space_variables and repo_type != "space":
+        raise ValueError("space_variables only apply to repo_type='space'")
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder")
     if repo_type == "model":
@@ -269,4 +303,6 @@ def push_folder(
         ignore_patterns=list(ignore_patterns),
         delete_patterns=list(delete_patterns) if delete_patterns else None,
     )
+    for key, value in (space_variables or {}).items():
+        api.add_space_variable(repo_id, key, value)
     return info.commit_url

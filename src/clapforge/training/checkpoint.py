@@ -33,7 +33,8 @@ def save_checkpoint(accelerator: Accelerator, folder: Path, step: int, keep_last
     partial = folder / f".partial-{checkpoint_name(step)}"
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(partial, ignore_errors=True)  # left by an earlier crash
+        for stale in folder.glob(".partial-*"):  # left by an earlier crash, maybe at another step
+            shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()

@@ -7,6 +7,7 @@ The data stream is sharded across processes by `split_dataset_by_node` (in `stre
 deliberately NOT passed to `accelerator.prepare`: accelerate would shard (or dispatch) it a second time.
 """
 
+import glob
 import json
 import logging
 import math
@@ -96,7 +97,8 @@ def _validation_set(recipe: Recipe) -> tuple[list[dict], list[str] | None]:
 
 def _check_data(recipe: Recipe) -> None:
     for field, source in (("data.train", recipe.data.train), ("data.validation", recipe.data.validation)):
-        if source is not None and "://" not in source and not any(Path().glob(source)) and not Path(source).exists():
+        # glob.glob, not Path().glob: pathlib refuses absolute patterns (NotImplementedError on Python 3.11).
+        if source is not None and "://" not in source and not Path(source).exists() and not glob.glob(source):
             raise RecipeError(f"{field}: {source} does not exist")
 
 
@@ -131,9 +133,16 @@ def train(recipe: Recipe) -> dict[str, float]:
         shuffle_buffer=recipe.data.shuffle_buffer,
         columns=recipe.data.columns,
     )
-    # drop_last: all processes must gather equally sized batches.
+    # drop_last: all processes must gather equally sized batches. A generator of its own: each new iterator draws a
+    # base seed, which must not come from the global RNG that load_state restores for dropout (a resumed run would
+    # draw it right after the restore, an uninterrupted one before step 1, and their dropout masks would differ).
     loader = StatefulDataLoader(
-        train_data, batch_size=cfg.batch_size, collate_fn=_collate, drop_last=True, num_workers=recipe.data.num_workers
+        train_data,
+        batch_size=cfg.batch_size,
+        collate_fn=_collate,
+        drop_last=True,
+        num_workers=recipe.data.num_workers,
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(model)
@@ -167,7 +176,8 @@ def train(recipe: Recipe) -> dict[str, float]:
             if not torch.isfinite(loss):
                 last = complete_checkpoints(checkpoints)
                 raise TrainingDiverged(
-                    f"loss is {loss.item()} at step {progress.step}; last good checkpoint: "
+                    # progress.step counts finished steps (checkpoint step-N follows step N); this is the next one.
+                    f"loss is {loss.item()} at step {progress.step + 1}; last good checkpoint: "
                     f"{last[-1] if last else 'none'}"
                 )
             accelerator.backward(loss)

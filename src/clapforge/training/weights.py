@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoTokenizer, PretrainedConfig
 
 from ..modeling_clap.modeling_laion_clap import LaionClapModel
 from ..presets import create_feature_extractor, load_preset_config
@@ -27,8 +27,15 @@ def resolve_text_source(name: str) -> str:
     return name
 
 
+# Bookkeeping every config carries (transformers_version, id2label, ...): not architecture, and absent from saved
+# sub-configs, so comparing it would refuse every saved clapforge folder. model_type is architecture.
+_NOT_ARCHITECTURE = frozenset(PretrainedConfig().to_dict()) - {"model_type"}
+
+
 def _check_agrees(expected: dict, found: dict, field: str, source: str) -> None:
     for key in expected:
+        if key in _NOT_ARCHITECTURE:
+            continue
         if expected[key] != found.get(key):
             raise RecipeError(
                 f"{field}: {source} has {key}={found.get(key)!r} but the preset's architecture says {expected[key]!r}; "
