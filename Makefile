@@ -8,6 +8,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps laion_clap==1.1.7
 	touch $@
 
 install: $(VENV)/.installed ffmpeg

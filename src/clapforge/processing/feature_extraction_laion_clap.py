@@ -311,10 +311,11 @@ class LaionClapFeatureExtractor(SequenceFeatureExtractor):
         t = torch.arange(chunk_frames, device=device)
         crops = mel[first_frame[:, None, None] + starts[:, :, None] + t]  # (B, 3, T, F)
 
-        # Global view: bilinear resize of the whole mel to chunk_frames, align_corners=False, no antialias, with
-        # the float32 source coordinates torch's interpolate computes, per clip so that lengths may differ.
+        # Global view: bilinear resize of the whole mel to chunk_frames, align_corners=False, no antialias, per clip
+        # so that lengths may differ. torch's interpolate rounds `scale * (t + 0.5) - 0.5` once from a float32
+        # scale; computing it in float64 and rounding at the end reproduces that (float32 steps round twice).
         scale = n_frames.float() / chunk_frames
-        pos = ((t.float() + 0.5) * scale[:, None] - 0.5).clamp(min=0)  # (B, T)
+        pos = ((t.double() + 0.5) * scale.double()[:, None] - 0.5).clamp(min=0).float()  # (B, T)
         lo = torch.minimum(pos.long(), n_frames[:, None] - 1)
         frac = (pos - lo).clamp(0, 1).unsqueeze(-1)  # (B, T, 1)
         hi = torch.minimum(lo + 1, n_frames[:, None] - 1)

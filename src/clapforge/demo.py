@@ -1,0 +1,214 @@
+"""`clapforge demo` (= `make demo`): the main job on the built-in default, on a CPU, in about ten minutes.
+
+1. corpus: `clapforge synth` into OUT/corpus, unless a complete corpus (its manifest.json) is already there;
+2. train: `recipes/demo.yaml` (the `pann-mini-minilm` preset: a small PANN from scratch, all-MiniLM-L6-v2 text
+   tower) on the corpus' train split, validating on its validation split; `train()` writes OUT/hub;
+3. evaluate the exported OUT/hub folder on the held-out `test` split (captions from phrasings never seen in
+   training) and print text->audio / audio->text R@1, R@10 and zero-shot accuracy with the prompt
+   "This is a sound of {label}.", each next to chance.
+
+A rerun keeps the corpus and trains afresh (OUT/checkpoints, OUT/logs and OUT/hub are replaced); `--resume`
+continues an interrupted run from its latest checkpoint instead. The figures are written to OUT/demo.json.
+
+Threads: torch's intra-op threads wait for each other at every parallel region, so on cores that other jobs keep
+busy two threads run several times slower than one (benchmarks/RESULTS.md). Unless `--threads` says otherwise, the
+demo uses the cores the 1-minute load average leaves free, and at least one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_OUT = "runs/demo"
+DEFAULT_CLIPS = 2000
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml"
+GOALS = {"total_s": 15 * 60, "zero_shot_top1": 0.80, "t2a_R@10_over_chance": 10.0}
+TABLE_ROWS = [
+    ("text->audio R@1", "t2a_R@1"),
+    ("text->audio R@10", "t2a_R@10"),
+    ("audio->text R@1", "a2t_R@1"),
+    ("audio->text R@10", "a2t_R@10"),
+    ("zero-shot accuracy (top-1)", "zero_shot_top1"),
+]
+
+
+def default_threads() -> int:
+    """The cores the 1-minute load average leaves free (at least one): see the module docstring."""
+    cores = os.cpu_count() or 1
+    return max(1, min(cores, int(cores - os.getloadavg()[0] + 0.5)))
+
+
+def ensure_corpus(folder: Path, clips: int, seed: int) -> bool:
+    """Synthesise the corpus unless a complete one is there (manifest.json is written last). True if made now."""
+    if (folder / "manifest.json").is_file():
+        return False
+    from .data.synth import synthesize_corpus
+
+    # overwrite: split folders without a manifest are the remains of an interrupted synthesis.
+    synthesize_corpus(folder, clips, seed, overwrite=True)
+    return True
+
+
+def held_out_examples(corpus: Path) -> tuple[list[dict], list[str]]:
+    """The held-out test split, each example's labels renamed to the zero-shot label names of labels.json."""
+    from .data.stream import stream_dataset
+
+    table = json.loads((corpus / "labels.json").read_text())
+    names = table["labels"]
+    examples = list(stream_dataset(str(corpus), split="test", shuffle=False))
+    for example in examples:
+        example["labels"] = [names.get(label, label) for label in example["labels"]]
+    return examples, [names[c] for c in table["classes"]]
+
+
+def evaluate_folder(folder: Path, corpus: Path, prompt: str, batch_size: int = 32) -> dict[str, float]:
+    """Scores of the exported model folder on the test split (the folder as a user would load it)."""
+    from .evaluation.evaluate import evaluate_clap
+    from .modeling_clap.modeling_laion_clap import LaionClapModel
+    from .processing.processing_laion_clap import LaionClapProcessor
+
+    model = LaionClapModel.from_pretrained(folder).eval()
+    processor = LaionClapProcessor.from_pretrained(folder)
+    examples, class_names = held_out_examples(corpus)
+    return evaluate_clap(model, processor, examples, class_names, prompt=prompt, batch_size=batch_size)
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    lines = [f"{'held-out test split':<28} {'model':>7} {'chance':>7} {'x chance':>9}"]
+    for title, key in TABLE_ROWS:
+        value, chance = metrics[key], metrics[f"chance/{key}"]
+        lines.append(f"{title:<28} {value:>7.1%} {chance:>7.1%} {value / chance:>8.1f}x")
+    lines.append(
+        f"({metrics['n_clips']} clips, {metrics['n_captions']} captions, {metrics.get('n_classes', 0)} classes)"
+    )
+    return "\n".join(lines)
+
+
+def run_demo(
+    out: str | Path = DEFAULT_OUT,
+    *,
+    clips: int = DEFAULT_CLIPS,
+    seed: int = 0,
+    recipe: str | Path = RECIPE,
+    overrides: list[str] | None = None,
+    threads: int | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Corpus, training, test evaluation (see the module docstring). Returns the figures also written to demo.json."""
+    import torch
+
+    from .training.recipe import load_recipe
+    from .training.train import train
+
+    out = Path(out)
+    corpus = out / "corpus"
+    started = time.perf_counter()
+    loads = {"start": os.getloadavg()}
+    threads = threads or default_threads()
+    torch.set_num_threads(threads)
+    print(f"clapforge demo: {threads} torch thread(s) on {os.cpu_count()} cores, load average {loads['start'][0]:.1f}")
+
+    made = ensure_corpus(corpus, clips, seed)
+    corpus_s = time.perf_counter() - started
+    loads["corpus"] = os.getloadavg()
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    print(f"corpus: {corpus} ({'made' if made else 'kept'}, {manifest['clips']} clips, {manifest['hours']:.2f} h)")
+
+    recipe_overrides = [f"output_dir={out}", f"data.train={corpus}", f"data.validation={corpus}"]
+    recipe_overrides += list(overrides or [])
+    if resume:
+        recipe_overrides.append("resume=latest")
+    cfg = load_recipe(recipe, recipe_overrides)
+    if not resume:
+        for stale in ("checkpoints", "logs", "hub"):
+            shutil.rmtree(out / stale, ignore_errors=True)
+    train_started = time.perf_counter()
+    validation = train(cfg)
+    train_s = time.perf_counter() - train_started
+    loads["train"] = os.getloadavg()
+
+    eval_started = time.perf_counter()
+    metrics = evaluate_folder(out / "hub", corpus, cfg.eval.prompt, cfg.eval.batch_size)
+    eval_s = time.perf_counter() - eval_started
+    loads["eval"] = os.getloadavg()
+    total_s = time.perf_counter() - started
+
+    over_chance = metrics["t2a_R@10"] / metrics["chance/t2a_R@10"]
+    goals = {
+        "total_s": total_s <= GOALS["total_s"],
+        "zero_shot_top1": metrics["zero_shot_top1"] >= GOALS["zero_shot_top1"],
+        "t2a_R@10_over_chance": over_chance >= GOALS["t2a_R@10_over_chance"],
+    }
+    report = {
+        "test": metrics,
+        "validation": validation,
+        "seconds": {"corpus": corpus_s, "train": train_s, "eval": eval_s, "total": total_s},
+        "corpus_made": made,
+        "load_average": loads,
+        "threads": threads,
+        "recipe": cfg.to_dict(),
+        "goals_met": goals,
+        "hub": str(out / "hub"),
+    }
+    (out / "demo.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    print()
+    print(format_table(metrics))
+    print()
+    print(
+        f"wall time {total_s / 60:.1f} min: corpus {corpus_s:.0f} s, training {train_s:.0f} s, evaluation "
+        f"{eval_s:.0f} s (load average {loads['eval'][0]:.1f} at the end, {threads} thread(s))"
+    )
+    print(
+        f"goals: zero-shot >= 80%: {_yes(goals['zero_shot_top1'])}; text->audio R@10 >= 10x chance "
+        f"({over_chance:.1f}x): {_yes(goals['t2a_R@10_over_chance'])}; <= 15 min: {_yes(goals['total_s'])}"
+    )
+    print(f"model folder (Hub-ready): {out / 'hub'}   figures: {out / 'demo.json'}")
+    print(f"open it in the Space:     MODEL={out / 'hub'} make space")
+    return report
+
+
+def _yes(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("accelerate", "datasets", "transformers", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    run_demo(
+        args.out,
+        clips=args.clips,
+        seed=args.seed,
+        recipe=args.recipe,
+        overrides=args.overrides,
+        threads=args.threads,
+        resume=args.resume,
+    )
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add `clapforge demo` to the CLI's sub-parsers."""
+    parser = commands.add_parser(
+        "demo",
+        help="the main job on the built-in default: synthesise a corpus, train a small CLAP on the CPU, evaluate",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    parser.add_argument(
+        "--clips", type=int, default=DEFAULT_CLIPS, help=f"corpus size when it is made (default {DEFAULT_CLIPS})"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
+    parser.add_argument("--recipe", default=str(RECIPE), help="training recipe (default recipes/demo.yaml)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores left free)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value recipe overrides, e.g. train.max_steps=100")
+    parser.set_defaults(run=_run)
