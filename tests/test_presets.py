@@ -1,5 +1,7 @@
 """Every preset builds; full sizes on the meta device, test-tiny for real."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -21,6 +23,14 @@ PANN_AUDIO_PARAMS_M = {
     "pann-cnn14": 80.8 - (2048 * 527 + 527) / 1e6,
 }
 HTSAT_PRESETS = ["htsat-tiny", "htsat-tiny-fused", "htsat-base", "htsat-large"]
+# `make demo`'s preset: a CNN6-style PANN (one 3x3 conv per block, 16-128 channels) and all-MiniLM-L6-v2's BERT.
+DEMO_PRESET = "pann-mini-minilm"
+DEMO_AUDIO_PARAMS = (
+    2 * 64  # bn0
+    + sum(9 * i * o + 2 * o for i, o in [(1, 16), (16, 32), (32, 64), (64, 128)])  # conv (no bias) + BN per block
+    + 128 * 128
+    + 128  # fc1
+)
 
 
 def transformers_htsat_params(config) -> int:
@@ -40,7 +50,7 @@ def transformers_htsat_params(config) -> int:
 
 
 def test_all_presets_are_listed():
-    assert set(PRESETS) == set(HTSAT_PRESETS) | set(PANN_AUDIO_PARAMS_M) | {"test-tiny"}
+    assert set(PRESETS) == set(HTSAT_PRESETS) | set(PANN_AUDIO_PARAMS_M) | {"test-tiny", DEMO_PRESET}
 
 
 @pytest.mark.parametrize("name", HTSAT_PRESETS + sorted(PANN_AUDIO_PARAMS_M))
@@ -56,6 +66,30 @@ def test_full_size_preset_builds_on_meta(name):
     assert 120 < text < 130, f"{name}: RoBERTa-base has ~125M parameters, got {text:.1f}M"
     assert model.config.projection_dim == 512
     assert model.config.enable_fusion == name.endswith("fused")
+
+
+def test_demo_preset_is_a_small_pann_with_minilm_text():
+    """The text tower must be all-MiniLM-L6-v2 exactly (the demo loads its weights), pooled by mean as
+    sentence-transformers does; the audio tower is counted layer by layer."""
+    import json
+    import math
+
+    from safetensors import safe_open
+
+    from clapforge.training.weights import resolve_text_source
+
+    with torch.device("meta"):
+        model = clapforge.create_model(DEMO_PRESET)
+    assert sum(p.numel() for p in model.audio_model.parameters()) == DEMO_AUDIO_PARAMS
+    minilm = Path(resolve_text_source("minilm"))
+    reference = json.loads((minilm / "config.json").read_text())
+    keys = ["model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+            "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "pad_token_id", "hidden_act"]
+    assert {k: getattr(model.config.text_config, k) for k in keys} == {k: reference[k] for k in keys}
+    with safe_open(minilm / "model.safetensors", "pt") as weights:
+        minilm_params = sum(math.prod(weights.get_slice(k).get_shape()) for k in weights.keys() if "position_ids" not in k)
+    assert sum(p.numel() for p in model.text_model.parameters()) == minilm_params
+    assert model.config.text_pooling == "mean" and not model.config.enable_fusion
 
 
 def test_test_tiny_is_small_and_runs():

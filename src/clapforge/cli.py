@@ -6,7 +6,7 @@ import sys
 
 # Modules that add their own sub-command: each has `register(commands)` taking the sub-parsers object and setting
 # `run=<function(args) -> int>` as the parser default. Imported only to build the parser, so keep their imports light.
-COMMAND_MODULES = ["clapforge.data.prepare", "clapforge.data.synth"]
+COMMAND_MODULES = ["clapforge.data.prepare", "clapforge.data.synth", "clapforge.train"]
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -36,22 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.set_defaults(run=_convert)
 
-    from . import train
-
-    train_parser = commands.add_parser("train", help="train a CLAP from a recipe (one process; see accelerate launch)")
-    train.add_arguments(train_parser)
-    train_parser.set_defaults(run=train.run)
-
     demo = commands.add_parser("demo", help="the main job on the built-in default")
     demo.set_defaults(run=_demo)
     for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-            continue  # a command whose module is not written yet
-        module.register(commands)
+        importlib.import_module(module_name).register(commands)
     return parser
 
 

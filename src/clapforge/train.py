@@ -14,6 +14,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted.key=value recipe overrides, e.g. train.max_steps=100")
 
 
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("train", help="train a CLAP from a recipe (one process; see accelerate launch)")
+    add_arguments(parser)
+    parser.set_defaults(run=run)
+
+
 def run(args: argparse.Namespace) -> int:
     from .training.train import train
 
