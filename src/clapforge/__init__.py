@@ -17,6 +17,7 @@ from .modeling_clap.modeling_laion_clap import (
 from .presets import PRESETS, create_feature_extractor, create_model, load_preset_config
 from .processing.feature_extraction_laion_clap import LaionClapFeatureExtractor
 from .processing.processing_laion_clap import LaionClapProcessor
+from .tools.api import classify, embed_audio, embed_text, load_model, search
 
 __version__ = "0.1.0"
 
@@ -45,8 +46,13 @@ __all__ = [
     "LaionClapProcessor",
     "LaionClapTextModelWithProjection",
     "PannConfig",
+    "classify",
     "contrastive_loss",
     "create_feature_extractor",
     "create_model",
+    "embed_audio",
+    "embed_text",
+    "load_model",
     "load_preset_config",
+    "search",
 ]

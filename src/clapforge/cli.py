@@ -6,7 +6,13 @@ import sys
 
 # Modules that add their own sub-command: each has `register(commands)` taking the sub-parsers object and setting
 # `run=<function(args) -> int>` as the parser default. Imported only to build the parser, so keep their imports light.
-COMMAND_MODULES = ["clapforge.data.prepare", "clapforge.data.synth", "clapforge.train", "clapforge.evaluation.cli"]
+COMMAND_MODULES = [
+    "clapforge.data.prepare",
+    "clapforge.data.synth",
+    "clapforge.train",
+    "clapforge.evaluation.cli",
+    "clapforge.tools.cli",
+]
 
 
 def _convert(args: argparse.Namespace) -> int:

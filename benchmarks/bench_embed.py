@@ -1,0 +1,165 @@
+"""End-to-end `clapforge embed` throughput vs a loop over transformers' ClapFeatureExtractor and ClapModel.
+
+A folder of --files 10 s clips (44.1 kHz stereo WAV, a tone plus noise) is embedded twice in this process:
+- clapforge: `clapforge.tools.embed.embed_files` (what `clapforge embed MODEL DIR OUT.parquet` runs): DataLoader
+  workers decode and featurise batches, the main process runs the model, parts are written and merged;
+- transformers: for each batch of files, `decode_audio` (the same torchcodec decoder) per file, then
+  `ClapFeatureExtractor` (truncation rand_trunc, repeatpad, 50-14000 Hz, as LAION) and `ClapModel.get_audio_features`
+  with the same weights (`clapforge.convert.clapforge_to_transformers_config/state`), L2-normalised.
+The model is `htsat-tiny` with random weights. Both get a warm-up run on a few files first; the timed runs alternate
+(--rounds pairs) and the table gives the median files/s. Embeddings are compared (transformers' extractor skips
+LAION's int16 round trip, so they agree closely, not exactly).
+
+    .venv/bin/python benchmarks/bench_embed.py [--files 64] [--batch-size 16] [--num-workers 2] [--rounds 2] [--write]
+
+--write replaces the "## Embed" section of benchmarks/RESULTS.md (the file is re-read right before writing).
+"""
+
+import argparse
+import datetime
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from torchcodec.encoders import AudioEncoder
+
+import clapforge
+from clapforge.convert import clapforge_to_transformers_config, clapforge_to_transformers_state
+from clapforge.data.shards import decode_audio
+from clapforge.tools.embed import embed_files
+from clapforge.tools.index import read_index
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+SECTION = "## Embed"
+GOAL = 3.0
+
+
+def make_folder(folder: Path, n: int, seconds: float = 10.0, sr: int = 44100) -> list[Path]:
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * sr)) / sr
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        x = np.stack([0.3 * np.sin(2 * np.pi * (200 + 37 * i) * (c + 1) * t) + 0.05 * rng.standard_normal(t.shape)
+                      for c in range(2)]).astype(np.float32)
+        path = folder / f"clip-{i:04d}.wav"
+        AudioEncoder(torch.from_numpy(x), sample_rate=sr).to_file(str(path))
+        paths.append(path)
+    return paths
+
+
+def transformers_twin(model: clapforge.LaionClapModel) -> transformers.ClapModel:
+    config = clapforge_to_transformers_config(model.config)
+    config.pop("model_type")
+    twin = transformers.ClapModel(transformers.ClapConfig(**config)).eval()
+    missing, unexpected = twin.load_state_dict(clapforge_to_transformers_state(model.state_dict()), strict=False)
+    missing = [k for k in missing if not k.endswith(("relative_position_index", "position_ids", "token_type_ids"))]
+    if missing or unexpected:
+        raise RuntimeError(f"weights did not transfer: missing {missing}, unexpected {unexpected}")
+    return twin
+
+
+def transformers_loop(paths: list[Path], extractor, model, batch_size: int) -> torch.Tensor:
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(paths), batch_size):
+            clips = [decode_audio(p, 48000) for p in paths[s : s + batch_size]]
+            features = extractor(clips, sampling_rate=48000, return_tensors="pt")
+            embeds = model.get_audio_features(input_features=features["input_features"],
+                                              is_longer=features["is_longer"]).pooler_output
+            out.append(torch.nn.functional.normalize(embeds, dim=-1))
+    return torch.cat(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--write", action="store_true", help="record the table in benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        torch.manual_seed(0)
+        model = clapforge.create_model("htsat-tiny").eval()
+        model.save_pretrained(tmp / "model")
+        clapforge.create_feature_extractor("htsat-tiny").save_pretrained(tmp / "model")
+        twin = transformers_twin(model)
+        extractor = transformers.ClapFeatureExtractor(frequency_min=50, frequency_max=14000, truncation="rand_trunc",
+                                                      padding="repeatpad")
+        paths = make_folder(tmp / "audio", args.files)
+        warm = tmp / "warm"
+        warm.mkdir()
+        for p in paths[:4]:
+            os.symlink(p, warm / p.name)
+        embed_files(tmp / "model", warm, tmp / "warm.parquet", batch_size=args.batch_size,
+                    num_workers=args.num_workers, progress=False)
+        transformers_loop(paths[:4], extractor, twin, args.batch_size)
+
+        ours, theirs = [], []
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            embed_files(tmp / "model", tmp / "audio", tmp / "out.parquet", batch_size=args.batch_size,
+                        num_workers=args.num_workers, overwrite=True, progress=False)
+            ours.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            reference = transformers_loop(paths, extractor, twin, args.batch_size)
+            theirs.append(time.perf_counter() - start)
+        embeds = read_index(tmp / "out.parquet").embeddings
+        cosine = torch.nn.functional.cosine_similarity(embeds, reference, dim=-1).min().item()
+
+    load_end = os.getloadavg()
+    ours_rate, theirs_rate = args.files / statistics.median(ours), args.files / statistics.median(theirs)
+    ratio = ours_rate / theirs_rate
+    verdict = "met" if ratio >= GOAL else "**not met**"
+    command = (f".venv/bin/python benchmarks/bench_embed.py --files {args.files} --batch-size {args.batch_size} "
+               f"--num-workers {args.num_workers} --rounds {args.rounds} --threads {args.threads}")
+    table = "\n".join([
+        "| pipeline | files/s | speed-up |",
+        "|---|---|---|",
+        f"| `clapforge embed` ({args.num_workers} DataLoader workers, batch {args.batch_size}) | {ours_rate:.2f} | "
+        f"{ratio:.1f}x |",
+        f"| transformers ClapFeatureExtractor + ClapModel loop (batch {args.batch_size}) | {theirs_rate:.2f} | 1.0x |",
+    ])
+    text = (
+        f"`{command}`, {datetime.date.today().isoformat()}, torch {torch.__version__}, transformers "
+        f"{transformers.__version__}, {args.threads} torch threads, {os.cpu_count()} CPUs, CPU only. "
+        f"`os.getloadavg()` {tuple(round(x, 2) for x in load_start)} at the start, "
+        f"{tuple(round(x, 2) for x in load_end)} at the end.\n\n"
+        f"{args.files} files of 10 s (44.1 kHz stereo WAV), htsat-tiny with random weights, both decoding with "
+        f"`clapforge.data.shards.decode_audio` (torchcodec); median of {args.rounds} alternating rounds after a "
+        f"warm-up. Times include the parquet write, model loading is cached. Embeddings agree to min cosine "
+        f"{cosine:.5f} (transformers' extractor has no int16 round trip).\n\n{table}\n\n"
+        f"Goal >= {GOAL:.0f}x: {verdict}.\n"
+    )
+    print(text)
+    if args.write:
+        write_section(text)
+
+
+def write_section(text: str) -> None:
+    """Replace (or append) the "## Embed" section of RESULTS.md, leaving every other section as it is."""
+    current = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else ""
+    lines = current.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
+    block = f"{SECTION}\n\n{text}"
+    if start is None:
+        RESULTS.write_text(current.rstrip("\n") + "\n\n" + block, encoding="utf-8")
+        return
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    tail = "".join(lines[end:])
+    RESULTS.write_text("".join(lines[:start]) + block + ("\n" + tail if tail else ""), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""Everyday tools on a trained CLAP: embed audio to an index file, search it, classify files zero-shot.
+
+`clapforge.tools.api` is the Python side (`embed_audio`, `embed_text`, `classify`, `search`); `clapforge.tools.cli`
+adds the `embed`, `search` and `classify` sub-commands.
+"""

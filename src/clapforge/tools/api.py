@@ -1,0 +1,181 @@
+"""Python API: embed audio and text, classify zero-shot, search an embeddings file.
+
+`model` is a clapforge model folder or Hub id (loaded once per process and cached) or an already loaded
+`(model, processor)` pair. Shapes: N clips, T texts, K labels, E joint embedding.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..evaluation.evaluate import DEFAULT_PROMPT, embed_audio_batches, embed_texts
+from .index import EmbeddingIndex, read_index
+from .windows import best_window_per_file
+
+ModelLike = str | os.PathLike | tuple[Any, Any]
+AudioLike = str | os.PathLike | np.ndarray | torch.Tensor
+
+_LOADED: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
+def model_reference(model: str | os.PathLike) -> str:
+    """How an index records its model: the absolute path of a local folder, else the Hub id as given."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.is_dir() else str(model)
+
+
+def load_model(model: ModelLike, device: str | torch.device | None = None) -> tuple[Any, Any]:
+    """(model in eval mode, processor) for a folder or Hub id, cached; a `(model, processor)` pair is returned as is.
+
+    The processor is a `LaionClapProcessor`, or the bare `LaionClapFeatureExtractor` for a folder saved without a
+    tokenizer (enough to embed audio).
+    """
+    if isinstance(model, tuple):
+        if len(model) != 2:
+            raise ValueError("model must be a folder, a Hub id or a (model, processor) pair")
+        return model
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    name = model_reference(model)
+    cache_key = (name, str(device))
+    if cache_key not in _LOADED:
+        from ..modeling_clap.modeling_laion_clap import LaionClapModel
+        from ..processing.feature_extraction_laion_clap import LaionClapFeatureExtractor
+        from ..processing.processing_laion_clap import LaionClapProcessor
+
+        loaded = LaionClapModel.from_pretrained(name).to(device).eval()
+        try:
+            processor = LaionClapProcessor.from_pretrained(name)
+        except (OSError, ValueError, TypeError):
+            processor = LaionClapFeatureExtractor.from_pretrained(name)
+        _LOADED[cache_key] = (loaded, processor)
+    return _LOADED[cache_key]
+
+
+def feature_extractor_of(processor: Any) -> Any:
+    return getattr(processor, "feature_extractor", processor)
+
+
+def tokenizer_of(processor: Any) -> Any:
+    if getattr(processor, "tokenizer", None) is None:
+        raise ValueError("this model folder has no tokenizer: text needs a model saved with its tokenizer")
+    return processor
+
+
+def _as_list(items: Any) -> list[Any]:
+    if isinstance(items, str | os.PathLike | bytes):
+        return [items]
+    if isinstance(items, np.ndarray | torch.Tensor) and items.ndim == 1:
+        return [items]
+    return list(items)
+
+
+def embed_audio(
+    paths_or_arrays: AudioLike | Sequence[AudioLike],
+    model: ModelLike,
+    sampling_rate: int | None = None,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """(N, E) float32 L2-normalised audio embeddings on the CPU, in input order.
+
+    Paths (any format FFmpeg decodes) are decoded and resampled to the model's rate and downmixed to mono; arrays
+    (1-D mono, or (C, T) multi-channel) must come with their `sampling_rate`. A long clip gets the model's own
+    whole-file treatment (fusion for fused models, a centred 10 s crop otherwise).
+    """
+    from ..data.shards import decode_audio
+
+    model, processor = load_model(model)
+    extractor = feature_extractor_of(processor)
+    items = _as_list(paths_or_arrays)
+    paths = [i for i, item in enumerate(items) if isinstance(item, str | os.PathLike)]
+    arrays = [i for i in range(len(items)) if i not in set(paths)]
+    if arrays and sampling_rate is None:
+        raise ValueError("arrays need their sampling_rate, e.g. embed_audio(arrays, model, sampling_rate=16000)")
+    out = torch.empty(len(items), model.config.projection_dim)
+    if paths:
+        clips = (decode_audio(items[i], extractor.sampling_rate) for i in paths)
+        out[paths] = embed_audio_batches(model, extractor, clips, batch_size, extractor.sampling_rate).cpu()
+    if arrays:
+        clips = (items[i] for i in arrays)
+        out[arrays] = embed_audio_batches(model, extractor, clips, batch_size, sampling_rate).cpu()
+    return out
+
+
+def embed_text(texts: str | Sequence[str], model: ModelLike, batch_size: int = 64) -> torch.Tensor:
+    """(T, E) float32 L2-normalised text embeddings on the CPU, in input order."""
+    model, processor = load_model(model)
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    return embed_texts(model, tokenizer_of(processor), texts, batch_size).cpu()
+
+
+def format_prompt(prompt: str, label: str) -> str:
+    """`prompt` with the label in place of `{label}` (or of `{}`, the transformers pipeline's placeholder)."""
+    return prompt.format(label) if "{}" in prompt else prompt.format(label=label)
+
+
+def classify(
+    paths_or_arrays: AudioLike | Sequence[AudioLike],
+    labels: Sequence[str],
+    model: ModelLike,
+    prompt: str = DEFAULT_PROMPT,
+    sampling_rate: int | None = None,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """(N, K) zero-shot probabilities: softmax over labels of `logit_scale_a.exp() * cosine(audio, prompt(label))`."""
+    if not labels:
+        raise ValueError("classify needs at least one label")
+    loaded = load_model(model)
+    audio = embed_audio(paths_or_arrays, loaded, sampling_rate=sampling_rate, batch_size=batch_size)  # (N, E)
+    text = embed_text([format_prompt(prompt, label) for label in labels], loaded)  # (K, E)
+    scale = loaded[0].logit_scale_a.detach().exp().float().cpu()
+    return (scale * audio @ text.T).softmax(dim=-1)  # (N, K)
+
+
+def search(
+    index: EmbeddingIndex | str | os.PathLike,
+    text: str | None = None,
+    audio: AudioLike | None = None,
+    model: ModelLike | None = None,
+    top_k: int = 10,
+    windows: bool = False,
+    sampling_rate: int | None = None,
+) -> list[dict[str, Any]]:
+    """Nearest files of an embeddings file by cosine similarity to a text or an audio query.
+
+    `model` defaults to the one the index was made with (recorded at embed time). With `windows=True` (an index
+    made with `--window`), files are ranked by their best-matching window, and each result says where it is
+    (`start`, `end` in seconds). Returns [{"rank", "score", "key"(, "start", "end")}], best first.
+    """
+    if (text is None) == (audio is None):
+        raise ValueError("search needs exactly one query: text or audio")
+    if not isinstance(index, EmbeddingIndex):
+        index = read_index(index)
+    if model is None:
+        model = index.metadata.get("model")
+        if not model:
+            raise ValueError("the index does not record its model; pass one (--model)")
+    if text is not None:
+        query = embed_text([text], model)[0]  # (E,)
+    else:
+        query = embed_audio([audio], model, sampling_rate=sampling_rate)[0]  # (E,)
+    query = torch.nn.functional.normalize(query, dim=0)
+    if windows:
+        if not index.has_windows:
+            raise ValueError("this index has no windows: make it with `clapforge embed --window`")
+        scores = torch.nn.functional.normalize(index.window_embeddings.float(), dim=-1) @ query  # (M,)
+        best, where = best_window_per_file(scores, index.window_rows, len(index))  # (N,), (N,)
+        order = best.argsort(descending=True, stable=True)[:top_k]
+        return [
+            {"rank": rank + 1, "score": float(best[i]), "key": index.keys[i],
+             "start": float(index.window_bounds[where[i], 0]), "end": float(index.window_bounds[where[i], 1])}
+            for rank, i in enumerate(order.tolist())
+        ]
+    scores = torch.nn.functional.normalize(index.embeddings.float(), dim=-1) @ query  # (N,)
+    order = scores.argsort(descending=True, stable=True)[:top_k]
+    return [{"rank": rank + 1, "score": float(scores[i]), "key": index.keys[i]}
+            for rank, i in enumerate(order.tolist())]
