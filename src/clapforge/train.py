@@ -33,7 +33,11 @@ def run(args: argparse.Namespace) -> int:
     except RecipeError as error:
         print(f"clapforge train: bad recipe: {error}", file=sys.stderr)
         return 2
-    train(recipe)
+    try:
+        train(recipe)
+    except RecipeError as error:  # found while loading weights or data, before the first step
+        print(f"clapforge train: bad recipe: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

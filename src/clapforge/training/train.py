@@ -11,6 +11,7 @@ import glob
 import json
 import logging
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -97,9 +98,12 @@ def _validation_set(recipe: Recipe) -> tuple[list[dict], list[str] | None]:
 
 def _check_data(recipe: Recipe) -> None:
     for field, source in (("data.train", recipe.data.train), ("data.validation", recipe.data.validation)):
+        if source is None or "://" in source or Path(source).exists():
+            continue
         # glob.glob, not Path().glob: pathlib refuses absolute patterns (NotImplementedError on Python 3.11).
-        if source is not None and "://" not in source and not Path(source).exists() and not glob.glob(source):
-            raise RecipeError(f"{field}: {source} does not exist")
+        looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", source) is not None and not source.startswith(".")
+        if not glob.glob(source) and not looks_like_hub_id:
+            raise RecipeError(f"{field}: {source} does not exist (expected a local path, a glob or a Hub dataset id)")
 
 
 def train(recipe: Recipe) -> dict[str, float]:
@@ -148,6 +152,7 @@ def train(recipe: Recipe) -> dict[str, float]:
     unwrapped = accelerator.unwrap_model(model)
     progress = TrainingProgress(loader)
     accelerator.register_for_checkpointing(progress)
+    accelerator.register_for_checkpointing(train_data.skip_counter)  # skip counts survive a resume
     checkpoints = out / "checkpoints"
     if recipe.resume:
         accelerator.load_state(str(resolve_resume(recipe.resume, checkpoints)))
