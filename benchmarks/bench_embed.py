@@ -29,7 +29,7 @@ import transformers
 from torchcodec.encoders import AudioEncoder
 
 import clapforge
-from clapforge.convert import clapforge_to_transformers_config, clapforge_to_transformers_state
+from clapforge.convert import to_transformers_model
 from clapforge.data.shards import decode_audio
 from clapforge.tools.embed import embed_files
 from clapforge.tools.index import read_index
@@ -45,8 +45,12 @@ def make_folder(folder: Path, n: int, seconds: float = 10.0, sr: int = 44100) ->
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
-        x = np.stack([0.3 * np.sin(2 * np.pi * (200 + 37 * i) * (c + 1) * t) + 0.05 * rng.standard_normal(t.shape)
-                      for c in range(2)]).astype(np.float32)
+        x = np.stack(
+            [
+                0.3 * np.sin(2 * np.pi * (200 + 37 * i) * (c + 1) * t) + 0.05 * rng.standard_normal(t.shape)
+                for c in range(2)
+            ]
+        ).astype(np.float32)
         path = folder / f"clip-{i:04d}.wav"
         AudioEncoder(torch.from_numpy(x), sample_rate=sr).to_file(str(path))
         paths.append(path)
@@ -54,14 +58,8 @@ def make_folder(folder: Path, n: int, seconds: float = 10.0, sr: int = 44100) ->
 
 
 def transformers_twin(model: clapforge.LaionClapModel) -> transformers.ClapModel:
-    config = clapforge_to_transformers_config(model.config)
-    config.pop("model_type")
-    twin = transformers.ClapModel(transformers.ClapConfig(**config)).eval()
-    missing, unexpected = twin.load_state_dict(clapforge_to_transformers_state(model.state_dict()), strict=False)
-    missing = [k for k in missing if not k.endswith(("relative_position_index", "position_ids", "token_type_ids"))]
-    if missing or unexpected:
-        raise RuntimeError(f"weights did not transfer: missing {missing}, unexpected {unexpected}")
-    return twin
+    """transformers' ClapModel with the same weights (the converter's export path)."""
+    return to_transformers_model(model)
 
 
 def transformers_loop(paths: list[Path], extractor, model, batch_size: int) -> torch.Tensor:
@@ -70,8 +68,9 @@ def transformers_loop(paths: list[Path], extractor, model, batch_size: int) -> t
         for s in range(0, len(paths), batch_size):
             clips = [decode_audio(p, 48000) for p in paths[s : s + batch_size]]
             features = extractor(clips, sampling_rate=48000, return_tensors="pt")
-            embeds = model.get_audio_features(input_features=features["input_features"],
-                                              is_longer=features["is_longer"]).pooler_output
+            embeds = model.get_audio_features(
+                input_features=features["input_features"], is_longer=features["is_longer"]
+            ).pooler_output
             out.append(torch.nn.functional.normalize(embeds, dim=-1))
     return torch.cat(out)
 
@@ -95,22 +94,36 @@ def main() -> None:
         model.save_pretrained(tmp / "model")
         clapforge.create_feature_extractor("htsat-tiny").save_pretrained(tmp / "model")
         twin = transformers_twin(model)
-        extractor = transformers.ClapFeatureExtractor(frequency_min=50, frequency_max=14000, truncation="rand_trunc",
-                                                      padding="repeatpad")
+        extractor = transformers.ClapFeatureExtractor(
+            frequency_min=50, frequency_max=14000, truncation="rand_trunc", padding="repeatpad"
+        )
         paths = make_folder(tmp / "audio", args.files)
         warm = tmp / "warm"
         warm.mkdir()
         for p in paths[:4]:
             os.symlink(p, warm / p.name)
-        embed_files(tmp / "model", warm, tmp / "warm.parquet", batch_size=args.batch_size,
-                    num_workers=args.num_workers, progress=False)
+        embed_files(
+            tmp / "model",
+            warm,
+            tmp / "warm.parquet",
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            progress=False,
+        )
         transformers_loop(paths[:4], extractor, twin, args.batch_size)
 
         ours, theirs = [], []
         for _ in range(args.rounds):
             start = time.perf_counter()
-            embed_files(tmp / "model", tmp / "audio", tmp / "out.parquet", batch_size=args.batch_size,
-                        num_workers=args.num_workers, overwrite=True, progress=False)
+            embed_files(
+                tmp / "model",
+                tmp / "audio",
+                tmp / "out.parquet",
+                batch_size=args.batch_size,
+                num_workers=args.num_workers,
+                overwrite=True,
+                progress=False,
+            )
             ours.append(time.perf_counter() - start)
             start = time.perf_counter()
             reference = transformers_loop(paths, extractor, twin, args.batch_size)
@@ -122,15 +135,19 @@ def main() -> None:
     ours_rate, theirs_rate = args.files / statistics.median(ours), args.files / statistics.median(theirs)
     ratio = ours_rate / theirs_rate
     verdict = "met" if ratio >= GOAL else "**not met**"
-    command = (f".venv/bin/python benchmarks/bench_embed.py --files {args.files} --batch-size {args.batch_size} "
-               f"--num-workers {args.num_workers} --rounds {args.rounds} --threads {args.threads}")
-    table = "\n".join([
-        "| pipeline | files/s | speed-up |",
-        "|---|---|---|",
-        f"| `clapforge embed` ({args.num_workers} DataLoader workers, batch {args.batch_size}) | {ours_rate:.2f} | "
-        f"{ratio:.1f}x |",
-        f"| transformers ClapFeatureExtractor + ClapModel loop (batch {args.batch_size}) | {theirs_rate:.2f} | 1.0x |",
-    ])
+    command = (
+        f".venv/bin/python benchmarks/bench_embed.py --files {args.files} --batch-size {args.batch_size} "
+        f"--num-workers {args.num_workers} --rounds {args.rounds} --threads {args.threads}"
+    )
+    table = "\n".join(
+        [
+            "| pipeline | files/s | speed-up |",
+            "|---|---|---|",
+            f"| `clapforge embed` ({args.num_workers} DataLoader workers, batch {args.batch_size}) | {ours_rate:.2f} | "
+            f"{ratio:.1f}x |",
+            f"| transformers ClapFeatureExtractor + ClapModel loop (batch {args.batch_size}) | {theirs_rate:.2f} | 1.0x |",
+        ]
+    )
     text = (
         f"`{command}`, {datetime.date.today().isoformat()}, torch {torch.__version__}, transformers "
         f"{transformers.__version__}, {args.threads} torch threads, {os.cpu_count()} CPUs, CPU only. "

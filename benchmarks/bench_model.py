@@ -43,7 +43,7 @@ import torch
 import transformers
 
 import clapforge
-from clapforge.convert import clapforge_to_transformers_config, clapforge_to_transformers_state
+from clapforge.convert import clapforge_to_transformers_config, to_transformers_model
 
 THREADS = 2
 BATCH = 8
@@ -63,15 +63,8 @@ GOAL_FP32_RATIO, GOAL_BF16_RATIO, GOAL_BF16_COSINE = 1.0, 2.0, 0.999
 
 
 def transformers_twin(model: clapforge.LaionClapModel) -> transformers.ClapModel:
-    """transformers' `ClapModel` holding `model`'s weights (as `clapforge.convert` exports them)."""
-    config = clapforge_to_transformers_config(model.config)
-    config.pop("model_type")
-    twin = transformers.ClapModel(transformers.ClapConfig(**config)).eval()
-    missing, unexpected = twin.load_state_dict(clapforge_to_transformers_state(model.state_dict()), strict=False)
-    missing = [k for k in missing if not k.endswith(("relative_position_index", "position_ids", "token_type_ids"))]
-    if missing or unexpected:
-        raise RuntimeError(f"weights did not transfer: missing {missing}, unexpected {unexpected}")
-    return twin
+    """transformers' ClapModel with the same weights (the converter's export path)."""
+    return to_transformers_model(model)
 
 
 def random_features(fused: bool, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,13 +123,27 @@ def embedding_rows(preset: str, warmup: int, rounds: int) -> list[dict]:
     fp32_ratio = paired_ratio(times["transformers"], times["fp32"])
     bf16_ratio = paired_ratio(times["transformers"], times["bf16"])
     return [
-        {"preset": preset, "precision": "fp32", "clapforge": BATCH / seconds["fp32"], "transformers": reference,
-         "ratio": fp32_ratio, "agreement": f"max abs diff {max_diff:.1e}",
-         "goal": _verdict(fp32_ratio >= GOAL_FP32_RATIO and max_diff < 1e-5, f"ratio >= {GOAL_FP32_RATIO}")},
-        {"preset": preset, "precision": "bf16 autocast", "clapforge": BATCH / seconds["bf16"],
-         "transformers": reference, "ratio": bf16_ratio, "agreement": f"min cosine to fp32 {min_cosine:.5f}",
-         "goal": _verdict(bf16_ratio >= GOAL_BF16_RATIO and min_cosine >= GOAL_BF16_COSINE,
-                          f"ratio >= {GOAL_BF16_RATIO}, cosine >= {GOAL_BF16_COSINE}")},
+        {
+            "preset": preset,
+            "precision": "fp32",
+            "clapforge": BATCH / seconds["fp32"],
+            "transformers": reference,
+            "ratio": fp32_ratio,
+            "agreement": f"max abs diff {max_diff:.1e}",
+            "goal": _verdict(fp32_ratio >= GOAL_FP32_RATIO and max_diff < 1e-5, f"ratio >= {GOAL_FP32_RATIO}"),
+        },
+        {
+            "preset": preset,
+            "precision": "bf16 autocast",
+            "clapforge": BATCH / seconds["bf16"],
+            "transformers": reference,
+            "ratio": bf16_ratio,
+            "agreement": f"min cosine to fp32 {min_cosine:.5f}",
+            "goal": _verdict(
+                bf16_ratio >= GOAL_BF16_RATIO and min_cosine >= GOAL_BF16_COSINE,
+                f"ratio >= {GOAL_BF16_RATIO}, cosine >= {GOAL_BF16_COSINE}",
+            ),
+        },
     ]
 
 
@@ -149,8 +156,11 @@ def embedding_table(rows: list[dict]) -> str:
         "| preset | clapforge precision | clapforge clips/s | transformers fp32 clips/s | ratio | agreement | goal |",
         "|---|---|---:|---:|---:|---|---|",
     ]
-    lines += [f"| {r['preset']} | {r['precision']} | {r['clapforge']:.2f} | {r['transformers']:.2f} | "
-              f"{r['ratio']:.2f}x | {r['agreement']} | {r['goal']} |" for r in rows]
+    lines += [
+        f"| {r['preset']} | {r['precision']} | {r['clapforge']:.2f} | {r['transformers']:.2f} | "
+        f"{r['ratio']:.2f}x | {r['agreement']} | {r['goal']} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -187,6 +197,7 @@ def memory_child(implementation: str, minutes: float) -> dict:
 
         def embed(inputs: dict) -> torch.Tensor:
             return model(input_features=inputs["input_features"], is_longer=inputs["is_longer"]).audio_embeds
+
     waveform = (0.1 * np.random.default_rng(0).standard_normal(int(minutes * 60 * SAMPLING_RATE))).astype(np.float32)
     gc.collect()
     _reset_peak_rss()
@@ -217,8 +228,10 @@ def memory_table(rows: list[dict]) -> str:
     ]
     for r in rows:
         increase = r["peak_mb"] - r["baseline_mb"]
-        lines.append(f"| {r['implementation']} | {r['minutes']:g} min | {increase:.0f} | {r['peak_mb']:.0f} | "
-                     f"{increase / r['minutes']:.1f} | {r['extract_s']:.2f} | {r['embed_s']:.2f} |")
+        lines.append(
+            f"| {r['implementation']} | {r['minutes']:g} min | {increase:.0f} | {r['peak_mb']:.0f} | "
+            f"{increase / r['minutes']:.1f} | {r['extract_s']:.2f} | {r['embed_s']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -227,10 +240,12 @@ def memory_table(rows: list[dict]) -> str:
 
 
 def header(load_at_start: float) -> str:
-    return (f"`{COMMAND}`, {datetime.date.today().isoformat()}, torch {torch.__version__}, transformers "
-            f"{transformers.__version__}, {THREADS} threads, CPU only. 1-minute load average {load_at_start:.1f} at "
-            f"the start, {os.getloadavg()[0]:.1f} at the end: other jobs sharing the cores slow every contender "
-            "alike within a round, but absolute clips/s move with the load.")
+    return (
+        f"`{COMMAND}`, {datetime.date.today().isoformat()}, torch {torch.__version__}, transformers "
+        f"{transformers.__version__}, {THREADS} threads, CPU only. 1-minute load average {load_at_start:.1f} at "
+        f"the start, {os.getloadavg()[0]:.1f} at the end: other jobs sharing the cores slow every contender "
+        "alike within a round, but absolute clips/s move with the load."
+    )
 
 
 def replace_section(text: str, title: str, body: str) -> str:
@@ -275,17 +290,17 @@ def main() -> None:
 
     if not args.quick:
         notes = header(load_at_start)
-        write_results({
-            "## Audio embedding": f"{notes}\n\nBatch of {BATCH} random log-mel clips, median of {rounds} interleaved "
-                                  f"rounds after {warmup} warm-up. Ratio = median over rounds of (transformers "
-                                  "time / clapforge time) within the round.\n\n"
-                                  + embedding,
-            "## Long clips: memory": f"{notes}\n\nOne clip of white noise, fusion mode (`htsat-tiny-fused` audio "
-                                     "tower), feature extraction + embedding, each row a fresh process. Increase = "
-                                     "peak RSS (VmHWM, reset before the work) minus RSS once imports, model and "
-                                     "waveform exist.\n\n"
-                                     + memory,
-        })
+        write_results(
+            {
+                "## Audio embedding": f"{notes}\n\nBatch of {BATCH} random log-mel clips, median of {rounds} interleaved "
+                f"rounds after {warmup} warm-up. Ratio = median over rounds of (transformers "
+                "time / clapforge time) within the round.\n\n" + embedding,
+                "## Long clips: memory": f"{notes}\n\nOne clip of white noise, fusion mode (`htsat-tiny-fused` audio "
+                "tower), feature extraction + embedding, each row a fresh process. Increase = "
+                "peak RSS (VmHWM, reset before the work) minus RSS once imports, model and "
+                "waveform exist.\n\n" + memory,
+            }
+        )
         print(f"wrote {RESULTS}")
 
 

@@ -15,9 +15,9 @@ import torch
 from torchcodec.encoders import AudioEncoder
 
 import clapforge
+from clapforge.cli import main as tools_main
 from clapforge.data.shards import decode_audio
 from clapforge.tools import api
-from clapforge.tools.cli import main as tools_main
 from clapforge.tools.embed import TEST_SLEEP_ENV, embed_files
 from clapforge.tools.index import read_index
 from conftest import make_tokenizer, randomize_
@@ -30,9 +30,7 @@ PARTS = ["--part-size", "2", "--batch-size", "2"]
 
 
 def _cli_module() -> str:
-    from clapforge.cli import COMMAND_MODULES
-
-    return "clapforge" if "clapforge.tools.cli" in COMMAND_MODULES else "clapforge.tools.cli"
+    return "clapforge"
 
 
 def _write(path: Path, audio: np.ndarray, sr: int) -> None:

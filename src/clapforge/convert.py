@@ -36,6 +36,23 @@ LAION_DROPPED = [
 ]
 TRANSFORMERS_DROPPED = [r"\.position_ids$", r"\.token_type_ids$", r"\.relative_position_index$"]
 
+# The RoBERTa hyper-parameters both formats carry (layer_norm_eps is handled apart: the formats disagree on it).
+TEXT_CONFIG_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+)
+
 # transformers' HTS-AT names -> ours (which are LAION's).
 HF_AUDIO_RENAMES = [
     ("audio_model.audio_encoder.batch_norm.", "audio_model.bn0."),
@@ -232,25 +249,10 @@ def transformers_config_to_clapforge(hf: dict[str, Any]) -> LaionClapConfig:
     def get(d: dict, key: str, default: Any) -> Any:
         return d.get(key, default) if d.get(key) is not None else default
 
-    text_keys = [
-        "vocab_size",
-        "hidden_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "intermediate_size",
-        "hidden_act",
-        "hidden_dropout_prob",
-        "attention_probs_dropout_prob",
-        "max_position_embeddings",
-        "type_vocab_size",
-        "pad_token_id",
-        "bos_token_id",
-        "eos_token_id",
-    ]
     from transformers import ClapAudioConfig, ClapTextConfig
 
     text_defaults, audio_defaults = ClapTextConfig(), ClapAudioConfig()
-    text_config = {k: get(text, k, getattr(text_defaults, k)) for k in text_keys}
+    text_config = {k: get(text, k, getattr(text_defaults, k)) for k in TEXT_CONFIG_KEYS}
     # Keep transformers' eps (1e-12 by default) so the converted model computes what the source computed.
     text_config.update(model_type="roberta", layer_norm_eps=get(text, "layer_norm_eps", text_defaults.layer_norm_eps))
     patch_stride = get(audio, "patch_stride", audio_defaults.patch_stride)
@@ -343,25 +345,7 @@ def clapforge_to_transformers_config(config: LaionClapConfig) -> dict[str, Any]:
         "projection_dim": config.projection_dim,
         "projection_hidden_act": config.projection_hidden_act,
         "logit_scale_init_value": config.logit_scale_init_value,
-        "text_config": {
-            k: getattr(text, k)
-            for k in (
-                "vocab_size",
-                "hidden_size",
-                "num_hidden_layers",
-                "num_attention_heads",
-                "intermediate_size",
-                "hidden_act",
-                "hidden_dropout_prob",
-                "attention_probs_dropout_prob",
-                "max_position_embeddings",
-                "type_vocab_size",
-                "layer_norm_eps",
-                "pad_token_id",
-                "bos_token_id",
-                "eos_token_id",
-            )
-        },
+        "text_config": {k: getattr(text, k) for k in (*TEXT_CONFIG_KEYS, "layer_norm_eps")},
         "audio_config": {
             "num_mel_bins": audio.num_mel_bins,
             "spec_size": audio.spec_size,
@@ -470,8 +454,9 @@ def convert_checkpoint(
     return report
 
 
-def _write_transformers_folder(model: LaionClapModel, dst: Path, tokenizer: Any) -> None:
-    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor
+def to_transformers_model(model: LaionClapModel):
+    """transformers' own `ClapModel` holding this HTS-AT + RoBERTa model's weights, in eval mode."""
+    from transformers import ClapConfig, ClapModel
 
     hf_config = clapforge_to_transformers_config(model.config)
     hf_config.pop("model_type")
@@ -481,7 +466,13 @@ def _write_transformers_folder(model: LaionClapModel, dst: Path, tokenizer: Any)
     missing = [k for k in missing if not re.search(r"(relative_position_index|position_ids|token_type_ids)$", k)]
     if missing or unexpected:
         raise ValueError(f"export to transformers failed: missing {missing}, unexpected {unexpected}")
-    hf_model.save_pretrained(dst)
+    return hf_model
+
+
+def _write_transformers_folder(model: LaionClapModel, dst: Path, tokenizer: Any) -> None:
+    from transformers import ClapFeatureExtractor, ClapProcessor
+
+    to_transformers_model(model).save_pretrained(dst)
     feature_extractor = ClapFeatureExtractor(
         frequency_min=50, frequency_max=14000, truncation="fusion" if model.config.enable_fusion else "rand_trunc"
     )

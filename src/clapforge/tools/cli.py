@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -139,19 +138,3 @@ def register(commands: argparse._SubParsersAction) -> None:
     classify.add_argument("--prompt", default=DEFAULT_PROMPT, help="text template with {label}")
     classify.add_argument("--batch-size", type=int, default=16)
     classify.set_defaults(run=run_classify)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m clapforge.tools.cli embed|search|classify ...` (the same sub-commands as `clapforge`)."""
-    parser = argparse.ArgumentParser(prog="clapforge", description=__doc__)
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.run(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"clapforge {args.command}: error: {error}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
