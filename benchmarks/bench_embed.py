@@ -145,7 +145,8 @@ def main() -> None:
             "|---|---|---|",
             f"| `clapforge embed` ({args.num_workers} DataLoader workers, batch {args.batch_size}) | {ours_rate:.2f} | "
             f"{ratio:.1f}x |",
-            f"| transformers ClapFeatureExtractor + ClapModel loop (batch {args.batch_size}) | {theirs_rate:.2f} | 1.0x |",
+            f"| transformers ClapFeatureExtractor + ClapModel loop (batch {args.batch_size}) | "
+            f"{theirs_rate:.2f} | 1.0x |",
         ]
     )
     text = (

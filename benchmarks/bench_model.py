@@ -292,7 +292,8 @@ def main() -> None:
         notes = header(load_at_start)
         write_results(
             {
-                "## Audio embedding": f"{notes}\n\nBatch of {BATCH} random log-mel clips, median of {rounds} interleaved "
+                "## Audio embedding": f"{notes}\n\nBatch of {BATCH} random log-mel clips, median of {rounds} "
+                "interleaved "
                 f"rounds after {warmup} warm-up. Ratio = median over rounds of (transformers "
                 "time / clapforge time) within the round.\n\n" + embedding,
                 "## Long clips: memory": f"{notes}\n\nOne clip of white noise, fusion mode (`htsat-tiny-fused` audio "

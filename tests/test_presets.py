@@ -83,11 +83,23 @@ def test_demo_preset_is_a_small_pann_with_minilm_text():
     assert sum(p.numel() for p in model.audio_model.parameters()) == DEMO_AUDIO_PARAMS
     minilm = Path(resolve_text_source("minilm"))
     reference = json.loads((minilm / "config.json").read_text())
-    keys = ["model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-            "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "pad_token_id", "hidden_act"]
+    keys = [
+        "model_type",
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+        "type_vocab_size",
+        "layer_norm_eps",
+        "pad_token_id",
+        "hidden_act",
+    ]
     assert {k: getattr(model.config.text_config, k) for k in keys} == {k: reference[k] for k in keys}
     with safe_open(minilm / "model.safetensors", "pt") as weights:
-        minilm_params = sum(math.prod(weights.get_slice(k).get_shape()) for k in weights.keys() if "position_ids" not in k)
+        names = [name for name in weights.keys() if "position_ids" not in name]  # noqa: SIM118 (not a dict)
+        minilm_params = sum(math.prod(weights.get_slice(name).get_shape()) for name in names)
     assert sum(p.numel() for p in model.text_model.parameters()) == minilm_params
     assert model.config.text_pooling == "mean" and not model.config.enable_fusion
 

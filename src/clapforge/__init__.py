@@ -5,7 +5,7 @@ Importing clapforge registers the LAION-CLAP classes with transformers' Auto cla
 `auto_map` and copies the code, so a saved folder loads with `trust_remote_code=True` where clapforge is absent).
 """
 
-from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoProcessor
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification, AutoProcessor
 
 from .modeling_clap.configuration_laion_clap import HtsatConfig, LaionClapConfig, PannConfig
 from .modeling_clap.modeling_laion_clap import (
@@ -14,6 +14,7 @@ from .modeling_clap.modeling_laion_clap import (
     LaionClapTextModelWithProjection,
     contrastive_loss,
 )
+from .modeling_clap.modeling_laion_clap_classification import LaionClapForAudioClassification
 from .presets import PRESETS, create_feature_extractor, create_model, load_preset_config
 from .processing.feature_extraction_laion_clap import LaionClapFeatureExtractor
 from .processing.processing_laion_clap import LaionClapProcessor
@@ -32,6 +33,8 @@ def _register() -> None:
     LaionClapModel.register_for_auto_class("AutoModel")
     LaionClapFeatureExtractor.register_for_auto_class()
     LaionClapProcessor.register_for_auto_class()
+    AutoModelForAudioClassification.register(LaionClapConfig, LaionClapForAudioClassification, exist_ok=True)
+    LaionClapForAudioClassification.register_for_auto_class("AutoModelForAudioClassification")
 
 
 _register()
@@ -41,6 +44,7 @@ __all__ = [
     "HtsatConfig",
     "LaionClapAudioModelWithProjection",
     "LaionClapConfig",
+    "LaionClapForAudioClassification",
     "LaionClapFeatureExtractor",
     "LaionClapModel",
     "LaionClapProcessor",

@@ -12,6 +12,8 @@ COMMAND_MODULES = [
     "clapforge.train",
     "clapforge.evaluation.cli",
     "clapforge.tools.cli",
+    "clapforge.push",
+    "clapforge.demo",
 ]
 
 
@@ -21,11 +23,6 @@ def _convert(args: argparse.Namespace) -> int:
     report = convert_checkpoint(args.src, args.dst, tokenizer=args.tokenizer, to=args.to)
     print(report.summary())
     print(f"wrote {args.dst}")
-    return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    print("not yet: `make demo` gets its job (train a small CLAP on the built-in corpus) with the training issue.")
     return 0
 
 
@@ -42,8 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.set_defaults(run=_convert)
 
-    demo = commands.add_parser("demo", help="the main job on the built-in default")
-    demo.set_defaults(run=_demo)
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(commands)
     return parser

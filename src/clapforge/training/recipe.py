@@ -17,6 +17,7 @@ from ..presets import PRESETS
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "adam")
+OBJECTIVES = ("contrastive", "classification")
 
 
 class RecipeError(ValueError):
@@ -83,8 +84,25 @@ class CheckpointConfig:
 
 
 @dataclass
+class ClassificationConfig:
+    """objective: classification (see training/classification.py); ignored by contrastive training."""
+
+    labels: list[str] | None = None  # class names in index order; default: data.labels / the reader's / labels.json
+    multi_label: bool = False  # BCE over multi-hot targets (mAP/mAUC) instead of CE over one class (accuracy)
+    first_label_only: bool = False  # single-label: a sample's class is its first label (synth: the main event)
+    head: str = "linear"  # "linear" | "mlp" (LAION --lp-mlp)
+    use_projection: bool = True  # classify the audio projection's output (LAION's probe) or the encoder's
+    freeze_encoder: bool = False  # linear probe (LAION --lp-freeze); else fine-tune at train.pretrained_lr
+    mixup: bool = False  # LAION --lp-mixup: per-clip lambda ~ Beta(alpha, alpha), mixed with the reversed batch
+    mixup_alpha: float = 0.5
+    balanced: bool = False  # class-balanced sampling (file-list readers)
+    reader: str = "stream"  # "stream" | "esc50" | "fsd50k" (evaluation/classification_readers.py)
+
+
+@dataclass
 class Recipe:
     preset: str = ""
+    objective: str = "contrastive"  # "contrastive" | "classification"
     name: str = "clap"
     output_dir: str = "runs/clap"
     tokenizer: str | None = None  # default: the text init folder
@@ -94,6 +112,7 @@ class Recipe:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    classification: ClassificationConfig = field(default_factory=ClassificationConfig)
     log_with: str | None = "tensorboard"
     resume: str | None = None  # "latest" or a checkpoint folder
     push_to_hub: str | None = None  # a repo id
@@ -182,6 +201,13 @@ def validate(recipe: Recipe) -> None:
     _check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
     _check(recipe.checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
     _check("{label}" in recipe.eval.prompt, "eval.prompt", "must contain {label}")
+    _check(recipe.objective in OBJECTIVES, "objective", f"one of {OBJECTIVES}, got {recipe.objective!r}")
+    _check(recipe.classification.head in ("linear", "mlp"), "classification.head", "one of ('linear', 'mlp')")
+    _check(
+        recipe.classification.reader in ("stream", "esc50", "fsd50k"),
+        "classification.reader",
+        "one of ('stream', 'esc50', 'fsd50k')",
+    )
     _check(
         not (recipe.init.model and (recipe.init.text or recipe.init.audio)),
         "init",

@@ -26,6 +26,8 @@ from ..data.stream import stream_dataset
 from ..evaluation.evaluate import evaluate_clap
 from .augment import promote_longer, spec_augment
 from .checkpoint import complete_checkpoints, resolve_resume, save_checkpoint
+from .classification import ClassificationObjective
+from .classification import numeric as classification_numeric
 from .loss import global_contrastive_loss
 from .optim import build_optimizer, warmup_cosine
 from .recipe import Recipe, RecipeError
@@ -118,17 +120,24 @@ def train(recipe: Recipe) -> dict[str, float]:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     set_seed(cfg.seed)
-    model, processor, pretrained = build_model(recipe)
-    model.logit_scale_t.requires_grad_(False)
-    if cfg.freeze_text:
-        model.text_model.requires_grad_(False)
+    # objective: classification -> training/classification.py supplies model, data, batches, loss, validation, export.
+    objective = ClassificationObjective(recipe) if recipe.objective == "classification" else None
+    if objective is not None:
+        model, processor, pretrained = objective.build()
+    else:
+        model, processor, pretrained = build_model(recipe)
+        model.logit_scale_t.requires_grad_(False)
+        if cfg.freeze_text:
+            model.text_model.requires_grad_(False)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     optimizer = build_optimizer(model, cfg, pretrained)
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.max_steps)
 
     rank, world = accelerator.process_index, accelerator.num_processes
-    train_data = stream_dataset(
+    train_data = objective.stream(
+        recipe.data.train, recipe.data.train_split, shuffle=True, seed=cfg.seed, rank=rank, world_size=world
+    ) if objective is not None else stream_dataset(
         recipe.data.train,
         split=recipe.data.train_split,
         seed=cfg.seed,
@@ -158,6 +167,8 @@ def train(recipe: Recipe) -> dict[str, float]:
         accelerator.load_state(str(resolve_resume(recipe.resume, checkpoints)))
         logger.info("resumed at step %d", progress.step)
     validation, class_names = _validation_set(recipe) if recipe.data.validation else ([], None)
+    if objective is not None:
+        validation, class_names = (objective.validation_set() if recipe.data.validation else []), None
     if accelerator.is_main_process:
         accelerator.init_trackers(recipe.name, config=_flat(recipe.to_dict()))
 
@@ -168,16 +179,23 @@ def train(recipe: Recipe) -> dict[str, float]:
     while progress.step < cfg.max_steps:
         train_data.set_epoch(progress.epoch)
         for examples in loader:
-            batch = make_batch(processor, examples, recipe, _step_generator(cfg.seed, progress.step, rank), fused)
+            generator = _step_generator(cfg.seed, progress.step, rank)
+            if objective is not None:
+                batch = objective.make_batch(processor, examples, generator, fused)
+            else:
+                batch = make_batch(processor, examples, recipe, generator, fused)
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with accelerator.autocast():
-                output = model(**batch)
-                loss = global_contrastive_loss(
-                    output.audio_embeds.float(),
-                    output.text_embeds.float(),
-                    unwrapped.logit_scale_a,
-                    local_loss=cfg.local_loss,
-                )
+                if objective is not None:
+                    loss = objective.loss(model, batch)
+                else:
+                    output = model(**batch)
+                    loss = global_contrastive_loss(
+                        output.audio_embeds.float(),
+                        output.text_embeds.float(),
+                        unwrapped.logit_scale_a,
+                        local_loss=cfg.local_loss,
+                    )
             if not torch.isfinite(loss):
                 last = complete_checkpoints(checkpoints)
                 raise TrainingDiverged(
@@ -191,8 +209,9 @@ def train(recipe: Recipe) -> dict[str, float]:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                unwrapped.logit_scale_a.clamp_(0, MAX_LOGIT_SCALE)
+            if objective is None:
+                with torch.no_grad():
+                    unwrapped.logit_scale_a.clamp_(0, MAX_LOGIT_SCALE)
             progress.step += 1
             seen += len(examples) * world
             throughput = seen / (time.perf_counter() - started)
@@ -200,7 +219,7 @@ def train(recipe: Recipe) -> dict[str, float]:
                 {
                     "train/loss": loss.item(),
                     "train/lr": scheduler.get_last_lr()[0],
-                    "train/logit_scale": unwrapped.logit_scale_a.exp().item(),
+                    "train/logit_scale": unwrapped.logit_scale_a.exp().item() if objective is None else 0.0,
                     "train/samples_per_s": throughput,
                     "train/skipped_samples": train_data.skip_counter.total(),
                 },
@@ -211,7 +230,9 @@ def train(recipe: Recipe) -> dict[str, float]:
                 loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", samples_s=f"{throughput:.1f}"
             )
             if recipe.eval.every and progress.step % recipe.eval.every == 0 and validation:
-                metrics = _validate(accelerator, unwrapped, processor, validation, class_names, recipe, progress.step)
+                metrics = _validate(
+                    accelerator, unwrapped, processor, validation, class_names, recipe, progress.step, objective
+                )
             if recipe.checkpoint.every and progress.step % recipe.checkpoint.every == 0:
                 save_checkpoint(accelerator, checkpoints, progress.step, recipe.checkpoint.keep_last)
             if progress.step >= cfg.max_steps:
@@ -221,20 +242,32 @@ def train(recipe: Recipe) -> dict[str, float]:
     bar.close()
     save_checkpoint(accelerator, checkpoints, progress.step, recipe.checkpoint.keep_last)
     if validation:
-        metrics = _validate(accelerator, unwrapped, processor, validation, class_names, recipe, progress.step)
+        metrics = _validate(
+            accelerator, unwrapped, processor, validation, class_names, recipe, progress.step, objective
+        )
     if accelerator.is_main_process:
-        _export(unwrapped, processor, recipe, metrics, out)
+        if objective is not None:
+            objective.export(unwrapped, processor, out)
+        else:
+            _export(unwrapped, processor, recipe, metrics, out)
     accelerator.end_training()
     return metrics
 
 
-def _validate(accelerator, model, processor, validation, class_names, recipe: Recipe, step: int) -> dict[str, float]:
+def _validate(
+    accelerator, model, processor, validation, class_names, recipe: Recipe, step: int, objective=None
+) -> dict[str, float]:
     metrics: dict[str, float] = {}
     if accelerator.is_main_process:
-        metrics = evaluate_clap(
-            model, processor, validation, class_names, prompt=recipe.eval.prompt, batch_size=recipe.eval.batch_size
-        )
-        accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
+        if objective is not None:
+            metrics = objective.validate(model, processor, validation, recipe.eval.batch_size)
+            accelerator.log({f"val/{k}": v for k, v in classification_numeric(metrics).items()}, step=step)
+        else:
+            metrics = evaluate_clap(
+                model, processor, validation, class_names, prompt=recipe.eval.prompt,
+                batch_size=recipe.eval.batch_size,
+            )
+            accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
         logger.info("step %d validation: %s", step, metrics)
     accelerator.wait_for_everyone()
     return metrics

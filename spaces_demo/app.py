@@ -1,0 +1,225 @@
+"""A Gradio demo of a CLAP model: zero-shot classification, text-to-audio search, audio-to-text ranking.
+
+Runs where clapforge is not installed: the model and its processor come from `MODEL` (a Hub id or a local folder such
+as `runs/demo/hub`) through `AutoModel`/`AutoProcessor` with `trust_remote_code=True`, so the model code ships with
+the weights. Uploads of any format FFmpeg reads are decoded by torchcodec straight to the model's sampling rate and
+averaged to mono.
+
+Environment: MODEL (default runs/demo/hub), MAX_SECONDS (longest clip accepted, default 120), MAX_FILE_SIZE (largest
+upload, default 20mb), CONCURRENCY (requests computed at once, default 2), QUEUE_SIZE (requests waiting, default 64).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import torch
+from transformers import AutoModel, AutoProcessor
+
+MAX_SECONDS = float(os.environ.get("MAX_SECONDS", "120"))
+MAX_FILE_SIZE = os.environ.get("MAX_FILE_SIZE", "20mb")
+CONCURRENCY = int(os.environ.get("CONCURRENCY", "2"))
+QUEUE_SIZE = int(os.environ.get("QUEUE_SIZE", "64"))
+DEFAULT_PROMPT = "This is a sound of {label}."
+EXAMPLES_DIR = Path(__file__).parent / "examples"
+AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".aiff", ".aif"}
+TOP_K = 5  # audio players shown for a search; the table ranks every clip
+
+
+def example_clips() -> list[str]:
+    """The built-in gallery: short clips of the synthetic corpus (`clapforge synth`), one per sound type."""
+    return sorted(str(p) for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+
+
+def parse_lines(text: str | None, what: str) -> list[str]:
+    """Items one per line, or comma-separated when there is a single line; blanks and repeats dropped."""
+    text = (text or "").strip()
+    parts = text.splitlines() if "\n" in text else text.split(",")
+    items = list(dict.fromkeys(p.strip() for p in parts if p.strip()))
+    if not items:
+        raise gr.Error(f"Type at least one {what}.")
+    return items
+
+
+class ClapDemo:
+    """The loaded model and processor, and the three functions the tabs call."""
+
+    def __init__(self, model_path: str) -> None:
+        self.model = AutoModel.from_pretrained(model_path, trust_remote_code=True).eval()
+        self.processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=True)
+        self.sampling_rate = int(self.processor.feature_extractor.sampling_rate)
+        # A fast tokenizer is not safe to call from two threads at once ("Already borrowed"); the model is.
+        self._tokenizer_lock = threading.Lock()
+        self._gallery_cache: dict[tuple[str, int, float], torch.Tensor] = {}
+
+    # ---- inputs ---------------------------------------------------------------------------------------------------
+
+    def load_audio(self, path: str | None) -> torch.Tensor:
+        """(T,) float32 mono at the model's rate; a clear gr.Error for a missing, unreadable or too long clip."""
+        from torchcodec.decoders import AudioDecoder
+
+        if not path:
+            raise gr.Error("Upload or record a clip first.")
+        name = Path(path).name
+        try:
+            decoder = AudioDecoder(path, sample_rate=self.sampling_rate)
+            header_seconds = decoder.metadata.duration_seconds_from_header
+            if header_seconds is not None and header_seconds > MAX_SECONDS:
+                raise gr.Error(self._too_long(name, header_seconds))
+            samples = decoder.get_all_samples().data  # (C, T)
+        except gr.Error:
+            raise
+        except Exception as error:  # torchcodec raises RuntimeError/ValueError with FFmpeg's reason
+            raise gr.Error(f"Could not decode {name} as audio ({type(error).__name__}).") from error
+        seconds = samples.shape[-1] / self.sampling_rate
+        if seconds > MAX_SECONDS:
+            raise gr.Error(self._too_long(name, seconds))
+        if samples.shape[-1] == 0:
+            raise gr.Error(f"{name} holds no audio.")
+        return samples.mean(dim=0)  # (T,)
+
+    @staticmethod
+    def _too_long(name: str, seconds: float) -> str:
+        return f"{name} is {seconds:.0f} s long; this demo accepts clips up to {MAX_SECONDS:.0f} s. Trim it and retry."
+
+    # ---- embeddings -----------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def audio_embeds(self, clips: list[torch.Tensor]) -> torch.Tensor:
+        features = self.processor.feature_extractor(clips, sampling_rate=self.sampling_rate, return_tensors="pt")
+        return self.model.get_audio_embeds(features["input_features"], features.get("is_longer"))  # (N, E)
+
+    @torch.no_grad()
+    def text_embeds(self, texts: list[str]) -> torch.Tensor:
+        with self._tokenizer_lock:
+            tokens = self.processor(text=texts, return_tensors="pt")
+        return self.model.get_text_embeds(tokens["input_ids"], tokens.get("attention_mask"))  # (T, E)
+
+    def gallery_embeds(self, paths: list[str]) -> torch.Tensor:
+        """(N, E), cached per file (path, size, mtime): the built-in gallery is embedded once per process."""
+        keys = [(p, os.path.getsize(p), os.path.getmtime(p)) for p in paths]
+        missing = [k for k in keys if k not in self._gallery_cache]
+        for key in missing:
+            self._gallery_cache[key] = self.audio_embeds([self.load_audio(key[0])])[0]
+        return torch.stack([self._gallery_cache[k] for k in keys])
+
+    # ---- the tabs -------------------------------------------------------------------------------------------------
+
+    def classify(self, audio: str | None, labels_text: str, prompt: str) -> tuple[dict[str, float], str]:
+        """Label -> probability (softmax over the labels' prompts) and the prompts used, one per line."""
+        labels = parse_lines(labels_text, "label")
+        prompt = (prompt or "").strip() or DEFAULT_PROMPT
+        if "{label}" not in prompt:
+            raise gr.Error("The prompt must contain {label}, e.g. " + DEFAULT_PROMPT)
+        prompts = [prompt.replace("{label}", label) for label in labels]
+        audio_embeds = self.audio_embeds([self.load_audio(audio)])  # (1, E)
+        logits = self.model.logit_scale_a.exp() * audio_embeds @ self.text_embeds(prompts).T  # (1, K)
+        probabilities = logits.softmax(dim=-1)[0].tolist()
+        return dict(zip(labels, probabilities, strict=True)), "\n".join(prompts)
+
+    def search(self, query: str, files: list[str] | None, use_examples: bool) -> tuple[Any, ...]:
+        """A ranking table of every gallery clip (rank, clip, cosine similarity) and players for the top ones."""
+        query = (query or "").strip()
+        if not query:
+            raise gr.Error("Type a query, e.g. 'a dog barking'.")
+        paths = [str(f) for f in files or []] + (example_clips() if use_examples else [])
+        if not paths:
+            raise gr.Error("Upload some clips or tick 'Include the built-in example clips'.")
+        scores = (self.gallery_embeds(paths) @ self.text_embeds([query]).T)[:, 0]  # (N,)
+        order = scores.argsort(descending=True).tolist()
+        table = [[rank + 1, Path(paths[i]).name, round(float(scores[i]), 4)] for rank, i in enumerate(order)]
+        players = [
+            gr.Audio(value=paths[i], label=f"{rank + 1}. {Path(paths[i]).name} ({float(scores[i]):.3f})", visible=True)
+            for rank, i in enumerate(order[:TOP_K])
+        ]
+        players += [gr.Audio(value=None, visible=False)] * (TOP_K - len(players))
+        return (table, *players)
+
+    def rank_captions(self, audio: str | None, captions_text: str) -> tuple[list[list[Any]], dict[str, float]]:
+        """Captions ranked by cosine similarity with the clip, and the softmax over them."""
+        captions = parse_lines(captions_text, "caption")
+        audio_embeds = self.audio_embeds([self.load_audio(audio)])  # (1, E)
+        similarity = (audio_embeds @ self.text_embeds(captions).T)[0]  # (K,)
+        probabilities = (self.model.logit_scale_a.exp() * similarity).softmax(dim=-1).tolist()
+        order = similarity.argsort(descending=True).tolist()
+        table = [[rank + 1, captions[i], round(float(similarity[i]), 4)] for rank, i in enumerate(order)]
+        return table, dict(zip(captions, probabilities, strict=True))
+
+
+def build_demo(model_path: str) -> gr.Blocks:
+    """The Blocks app with its queue configured; launch it with `demo.launch(**launch_kwargs())`."""
+    app = ClapDemo(model_path)
+    examples = example_clips()
+    with gr.Blocks(title="CLAP demo") as demo:
+        gr.Markdown(
+            f"# CLAP: audio and text in one space\nModel: `{model_path}`. Clips up to {MAX_SECONDS:.0f} s and "
+            f"{MAX_FILE_SIZE}, any common format, rate or channel count."
+        )
+        with gr.Tab("Zero-shot classification"):
+            with gr.Row():
+                with gr.Column():
+                    clip = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Clip")
+                    labels = gr.Textbox(
+                        label="Labels",
+                        lines=4,
+                        value="a dog barking\na siren\nrain\na bell",
+                        info="One per line, or comma-separated.",
+                    )
+                    prompt = gr.Textbox(label="Prompt", value=DEFAULT_PROMPT, info="{label} is replaced by each label.")
+                    classify = gr.Button("Classify", variant="primary")
+                with gr.Column():
+                    probabilities = gr.Label(label="Probabilities", num_top_classes=10)
+                    prompts_used = gr.Textbox(label="Prompts used", lines=4, interactive=False)
+            if examples:
+                gr.Examples([[p] for p in examples], inputs=[clip], label="Example clips")
+            classify.click(app.classify, [clip, labels, prompt], [probabilities, prompts_used], api_name="classify")
+
+        with gr.Tab("Text-to-audio search"):
+            with gr.Row():
+                with gr.Column():
+                    query = gr.Textbox(label="Query", value="a dog barking")
+                    files = gr.File(label="Clips to search", file_count="multiple", type="filepath")
+                    use_examples = gr.Checkbox(label="Include the built-in example clips", value=True)
+                    search = gr.Button("Search", variant="primary")
+                with gr.Column():
+                    ranking = gr.Dataframe(headers=["rank", "clip", "similarity"], label="Ranking", interactive=False)
+                    players = [gr.Audio(label=f"{i + 1}.", visible=False, interactive=False) for i in range(TOP_K)]
+            search.click(app.search, [query, files, use_examples], [ranking, *players], api_name="search")
+
+        with gr.Tab("Audio-to-text"):
+            with gr.Row():
+                with gr.Column():
+                    rank_clip = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Clip")
+                    captions = gr.Textbox(
+                        label="Captions",
+                        lines=5,
+                        info="One per line.",
+                        value="a dog barks twice\na police siren wails\nrain falls on a roof\na bell rings",
+                    )
+                    rank = gr.Button("Rank captions", variant="primary")
+                with gr.Column():
+                    caption_table = gr.Dataframe(
+                        headers=["rank", "caption", "similarity"], label="Ranking", interactive=False
+                    )
+                    caption_probabilities = gr.Label(label="Probabilities", num_top_classes=10)
+            if examples:
+                gr.Examples([[p] for p in examples], inputs=[rank_clip], label="Example clips")
+            rank.click(
+                app.rank_captions, [rank_clip, captions], [caption_table, caption_probabilities], api_name="rank"
+            )
+    # Concurrent users wait in the queue (up to QUEUE_SIZE of them) instead of failing; CONCURRENCY run at once.
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    return demo
+
+
+def launch_kwargs() -> dict[str, Any]:
+    """What `launch` needs besides host and port: the upload limit and access to the example clips."""
+    return {"max_file_size": MAX_FILE_SIZE, "allowed_paths": [str(EXAMPLES_DIR)]}
+
+
+if __name__ == "__main__":
+    build_demo(os.environ.get("MODEL", "runs/demo/hub")).launch(**launch_kwargs())
