@@ -28,6 +28,17 @@ CORPUS = [
     "a clock ticks",
 ]
 
+# The HUB DIR files `save_pretrained` must copy into a model folder (model + processor).
+HUB_CODE_FILES = {
+    "configuration_laion_clap.py",
+    "modeling_laion_clap.py",
+    "modeling_htsat.py",
+    "modeling_pann.py",
+    "modeling_fusion.py",
+    "feature_extraction_laion_clap.py",
+    "processing_laion_clap.py",
+}
+
 
 def make_tokenizer(vocab_size: int = 300, model_max_length: int = 77):
     """A RoBERTa-style byte-level BPE tokenizer (<s>=0, <pad>=1, </s>=2, <unk>=3) trained on a few captions."""

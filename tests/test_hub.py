@@ -22,7 +22,7 @@ from huggingface_hub import ModelCard, metadata_load
 import clapforge
 from clapforge import LaionClapProcessor
 from clapforge.hub import export_hub_folder, model_card, push_folder
-from conftest import randomize_, tone
+from conftest import HUB_CODE_FILES, randomize_, tone
 from hub_server import HubServer, hub_env
 
 REPO = "tester/clap-tiny"
@@ -38,15 +38,7 @@ RECIPE = {
 }
 SCORES = {"zero_shot_top1": 0.8125, "t2a_R@1": 0.25, "t2a_R@10": 0.75, "a2t_mAP@10": 0.4375}
 METRICS = {**SCORES, "n_clips": 16, "n_captions": 32, "chance/t2a_R@1": 0.0625, "chance/zero_shot_top1": 0.25}
-CODE_FILES = {
-    "configuration_laion_clap.py",
-    "modeling_laion_clap.py",
-    "modeling_htsat.py",
-    "modeling_pann.py",
-    "modeling_fusion.py",
-    "feature_extraction_laion_clap.py",
-    "processing_laion_clap.py",
-}
+CODE_FILES = HUB_CODE_FILES
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 
 import clapforge
 from clapforge import LaionClapProcessor
-from conftest import tone
+from conftest import HUB_CODE_FILES, tone
 
 TEXTS = ["a dog barks in the rain", "a siren"]
 
@@ -60,15 +60,7 @@ def test_saved_folder_runs_without_clapforge(tiny_fused_model, tokenizer, tmp_pa
     tiny_fused_model.save_pretrained(folder)
     processor.save_pretrained(folder)
     files = {p.name for p in folder.iterdir()}
-    code = {
-        "configuration_laion_clap.py",
-        "modeling_laion_clap.py",
-        "modeling_htsat.py",
-        "modeling_pann.py",
-        "modeling_fusion.py",
-        "feature_extraction_laion_clap.py",
-        "processing_laion_clap.py",
-    }
+    code = HUB_CODE_FILES
     assert code <= files, code - files
     assert "model.safetensors" in files
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]

@@ -34,6 +34,8 @@ LAION_DROPPED = [
     r"\.attn_mask$",
     r"\.relative_position_index$",
 ]
+# Buffers both sides derive from the config; a checkpoint may lack them.
+DERIVED_BUFFERS = r"(relative_position_index|attn_mask|position_ids|token_type_ids)$"
 TRANSFORMERS_DROPPED = [r"\.position_ids$", r"\.token_type_ids$", r"\.relative_position_index$"]
 
 # The RoBERTa hyper-parameters both formats carry (layer_norm_eps is handled apart: the formats disagree on it).
@@ -375,9 +377,7 @@ def _load_model(config: LaionClapConfig, state: dict[str, torch.Tensor]) -> Laio
     model = LaionClapModel(config).eval()
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Derived buffers are rebuilt from the config, so they may be missing; nothing else may be.
-    missing = [
-        k for k in missing if not re.search(r"(relative_position_index|attn_mask|position_ids|token_type_ids)$", k)
-    ]
+    missing = [k for k in missing if not re.search(DERIVED_BUFFERS, k)]
     if missing or unexpected:
         raise ValueError(
             f"checkpoint does not fit the inferred architecture: missing {missing}, unexpected {unexpected}"
@@ -463,7 +463,7 @@ def to_transformers_model(model: LaionClapModel):
     hf_model = ClapModel(ClapConfig(**hf_config)).eval()
     state = clapforge_to_transformers_state(model.state_dict())
     missing, unexpected = hf_model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not re.search(r"(relative_position_index|position_ids|token_type_ids)$", k)]
+    missing = [k for k in missing if not re.search(DERIVED_BUFFERS, k)]
     if missing or unexpected:
         raise ValueError(f"export to transformers failed: missing {missing}, unexpected {unexpected}")
     return hf_model
