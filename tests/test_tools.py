@@ -219,7 +219,7 @@ def test_classify_against_direct_computation(work, capsys):
     assert "empty.flac" in out and "is empty" in out
 
 
-def test_window_mode_finds_the_matching_window(work, capsys):
+def test_window_mode_finds_the_matching_window(work, reference, capsys):
     sr = 48000
     rng = np.random.default_rng(7)
     t = np.arange(10 * sr) / sr
@@ -262,7 +262,7 @@ def test_window_mode_finds_the_matching_window(work, capsys):
     assert (row[3], row[4]) == (f"0:{10 * best:05.2f}", f"0:{min(10 * best + 10, 44):05.2f}")
     assert float(row[1]) == pytest.approx(float(direct[best] @ text), abs=1e-4)
     with pytest.raises(ValueError, match="no windows"):
-        api.search(work / "reference.parquet", text="rain", windows=True)
+        api.search(reference[0], text="rain", windows=True)
 
 
 def test_python_api(work):
@@ -288,7 +288,7 @@ def test_python_api(work):
     assert api.embed_text("birds sing at dawn", model=loaded).shape == (1, 128)
 
 
-def test_embed_list_file_and_dataset_source(work):
+def test_embed_list_file_and_dataset_source(work, reference):
     import datasets
 
     listing = work / "files.txt"
@@ -298,7 +298,9 @@ def test_embed_list_file_and_dataset_source(work):
     index = read_index(out)
     assert index.keys == ["audio/b.flac", "audio/sub/d.mp3"]
     assert [e["key"] for e in report.errors] == ["audio/missing.wav"] and "does not exist" in report.errors[0]["reason"]
-    reference = read_index(work / "reference.safetensors")
+    # Each test declares the reference it needs: under xdist, the test that also writes the safetensors copy may
+    # run in another worker.
+    reference = read_index(reference[0])
     for key in index.keys:
         torch.testing.assert_close(index.embeddings[index.keys.index(key)],
                                    reference.embeddings[reference.keys.index(key.removeprefix("audio/"))])
