@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
+import math
 import os
 import shutil
 import time
@@ -42,7 +42,8 @@ TABLE_ROWS = [
 def default_threads() -> int:
     """The cores the 1-minute load average leaves free (at least one): see the module docstring."""
     cores = os.cpu_count() or 1
-    return max(1, min(cores, int(cores - os.getloadavg()[0] + 0.5)))
+    # Rounded up: a load of 0.8 on 2 cores (a job that just ended) still leaves room for 2 threads.
+    return max(1, min(cores, math.ceil(cores - os.getloadavg()[0])))
 
 
 def ensure_corpus(folder: Path, clips: int, seed: int) -> bool:
@@ -180,9 +181,9 @@ def _yes(ok: bool) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("accelerate", "datasets", "transformers", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from .train import configure_logging
+
+    configure_logging()
     run_demo(
         args.out,
         clips=args.clips,

@@ -20,8 +20,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+def configure_logging() -> None:
+    """INFO for clapforge (validation metrics, resume positions), warnings only from the libraries."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("accelerate", "datasets", "transformers", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def run(args: argparse.Namespace) -> int:
     from .training.train import train
+
+    configure_logging()
 
     overrides = list(args.overrides)
     if args.resume:
@@ -42,7 +51,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="clapforge.train", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -70,7 +70,8 @@ class PannConfig(PreTrainedConfig):
     num_mel_bins: int = 64
     block_channels: list[int] | tuple[int, ...] | None = None
     kernel_size: int | None = None
-    dropout: float = 0.2
+    dropout: float = 0.2  # after each conv block
+    head_dropout: float = 0.5  # before and after fc1: LAION hard-codes 0.5 (small models from scratch need less)
     enable_fusion: bool = False
     fusion_type: str = "aff_2d"
     aff_reduction: int = 4

@@ -112,6 +112,9 @@ class LaionClapPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
+        if getattr(module, "pann_init", False):  # a PANN encoder's conv, norm or linear: PANN's xavier scheme
+            init_pann_weights(module)
+            return
         super()._init_weights(module)
         if isinstance(module, WindowAttention):
             init.trunc_normal_(module.relative_position_bias_table, std=0.02)
@@ -121,10 +124,6 @@ class LaionClapPreTrainedModel(PreTrainedModel):
         elif hasattr(module, "logit_scale_a"):
             init.constant_(module.logit_scale_a, math.log(self.config.logit_scale_init_value))
             init.constant_(module.logit_scale_t, math.log(self.config.logit_scale_init_value))
-        elif isinstance(module, PannAudioEncoder):
-            # Called after the encoder's children got the generic init: PANN's own scheme (xavier) wins.
-            for child in module.modules():
-                init_pann_weights(child)
 
 
 class _AudioTower:

@@ -21,8 +21,6 @@ from transformers import initialization as init
 from .configuration_laion_clap import PannConfig
 from .modeling_fusion import AttentionalFeatureFusion
 
-# LAION hard-codes 0.5 before and after `fc1`; `PannConfig.dropout` (0.2) is the rate after each conv block.
-HEAD_DROPOUT = 0.5
 # Fusion's local branch (LAION's `mel_conv2d`): the three crops lie side by side in time after it, so it strides 3x
 # further in time than conv_block1's 2x2 pooling, and 2x in frequency like that pooling.
 LOCAL_KERNEL = (5, 5)
@@ -107,6 +105,10 @@ class PannAudioEncoder(nn.Module):
                 nn.ReLU(inplace=True),
             )
             self.fusion_model = AttentionalFeatureFusion(width, config.aff_reduction)
+        # transformers calls `_init_weights` on the leaf modules and skips modules without parameters of their own
+        # (this encoder, its blocks), so every sub-module carries the mark that selects PANN's scheme for it.
+        for module in self.modules():
+            module.pann_init = True
 
     @property
     def conv_blocks(self) -> list[ConvBlock]:
@@ -145,9 +147,9 @@ class PannAudioEncoder(nn.Module):
             hidden = F.dropout(hidden, p=self.config.dropout, training=self.training)
         hidden = hidden.mean(dim=3)  # (B, D, T')
         pooled = hidden.amax(dim=2) + hidden.mean(dim=2)  # (B, D)
-        pooled = F.dropout(pooled, p=HEAD_DROPOUT, training=self.training)
+        pooled = F.dropout(pooled, p=self.config.head_dropout, training=self.training)
         pooled = F.relu(self.fc1(pooled))
-        return F.dropout(pooled, p=HEAD_DROPOUT, training=self.training)
+        return F.dropout(pooled, p=self.config.head_dropout, training=self.training)
 
     def _fuse_local_crops(self, hidden: torch.Tensor, crops: torch.Tensor, longer: torch.Tensor) -> torch.Tensor:
         """Merges the three local crops of the longer clips into conv_block1's output of their global view."""

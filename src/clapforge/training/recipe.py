@@ -58,6 +58,7 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
+    channels_last: bool = False  # the audio tower's conv weights in channels-last layout: PANN steps ~30% faster
     freeze_text: bool = False
     local_loss: bool = False
     seed: int = 0
@@ -140,6 +141,8 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
 
 def _coerce(value: Any, spec: dataclasses.Field, where: str) -> Any:
     """YAML reads `2e-4` as a string (no dot); numbers are made numbers where the field says so."""
+    if spec.type is str and isinstance(value, bool):
+        return "no" if value is False else "yes"  # YAML 1.1 reads a bare `no` (mixed_precision=no) as False
     wanted = [t for t in getattr(spec.type, "__args__", (spec.type,)) if t in (int, float)]
     if value is None or not wanted or isinstance(value, bool):
         return value

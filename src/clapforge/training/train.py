@@ -128,9 +128,13 @@ def train(recipe: Recipe) -> dict[str, float]:
         model, processor, pretrained = build_model(recipe)
         model.logit_scale_t.requires_grad_(False)
         if cfg.freeze_text:
-            model.text_model.requires_grad_(False)
+            # eval mode too: a frozen tower's dropout would only add noise to the targets the audio tower chases.
+            model.text_model.requires_grad_(False).eval()
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if cfg.channels_last:
+        # Only 4-D tensors change layout; conv outputs then stay channels-last through the CNN (oneDNN's fast path).
+        model.audio_model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg, pretrained)
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.max_steps)
 
