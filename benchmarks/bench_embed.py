@@ -31,7 +31,7 @@ from torchcodec.encoders import AudioEncoder
 import clapforge
 from clapforge.convert import to_transformers_model
 from clapforge.data.shards import decode_audio
-from clapforge.tools.embed import embed_files
+from clapforge.tools.embed import PRECISIONS, embed_files
 from clapforge.tools.index import read_index
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -112,43 +112,49 @@ def main() -> None:
         )
         transformers_loop(paths[:4], extractor, twin, args.batch_size)
 
-        ours, theirs = [], []
+        # Each round times clapforge in fp32 and in bf16 autocast and the transformers loop, alternating.
+        times: dict[str, list[float]] = {"fp32": [], "bf16": [], "transformers": []}
+        embeds = {}
         for _ in range(args.rounds):
-            start = time.perf_counter()
-            embed_files(
-                tmp / "model",
-                tmp / "audio",
-                tmp / "out.parquet",
-                batch_size=args.batch_size,
-                num_workers=args.num_workers,
-                overwrite=True,
-                progress=False,
-            )
-            ours.append(time.perf_counter() - start)
+            for precision in PRECISIONS:
+                start = time.perf_counter()
+                embed_files(
+                    tmp / "model",
+                    tmp / "audio",
+                    tmp / f"{precision}.parquet",
+                    batch_size=args.batch_size,
+                    num_workers=args.num_workers,
+                    overwrite=True,
+                    progress=False,
+                    precision=precision,
+                )
+                times[precision].append(time.perf_counter() - start)
+                embeds[precision] = read_index(tmp / f"{precision}.parquet").embeddings
             start = time.perf_counter()
             reference = transformers_loop(paths, extractor, twin, args.batch_size)
-            theirs.append(time.perf_counter() - start)
-        embeds = read_index(tmp / "out.parquet").embeddings
-        cosine = torch.nn.functional.cosine_similarity(embeds, reference, dim=-1).min().item()
+            times["transformers"].append(time.perf_counter() - start)
+        cosine = {p: torch.nn.functional.cosine_similarity(e, reference, dim=-1).min().item()
+                  for p, e in embeds.items()}
 
     load_end = os.getloadavg()
-    ours_rate, theirs_rate = args.files / statistics.median(ours), args.files / statistics.median(theirs)
-    ratio = ours_rate / theirs_rate
-    verdict = "met" if ratio >= GOAL else "**not met**"
+    rate = {name: args.files / statistics.median(t) for name, t in times.items()}
     command = (
         f".venv/bin/python benchmarks/bench_embed.py --files {args.files} --batch-size {args.batch_size} "
         f"--num-workers {args.num_workers} --rounds {args.rounds} --threads {args.threads}"
     )
-    table = "\n".join(
-        [
-            "| pipeline | files/s | speed-up |",
-            "|---|---|---|",
-            f"| `clapforge embed` ({args.num_workers} DataLoader workers, batch {args.batch_size}) | {ours_rate:.2f} | "
-            f"{ratio:.1f}x |",
-            f"| transformers ClapFeatureExtractor + ClapModel loop (batch {args.batch_size}) | "
-            f"{theirs_rate:.2f} | 1.0x |",
-        ]
+    rows = ["| pipeline | files/s | speed-up | min cosine to transformers | goal >= 3x |", "|---|---|---|---|---|"]
+    for precision in PRECISIONS:
+        ratio = rate[precision] / rate["transformers"]
+        rows.append(
+            f"| `clapforge embed --precision {precision}` ({args.num_workers} DataLoader workers, batch "
+            f"{args.batch_size}) | {rate[precision]:.2f} | {ratio:.1f}x | {cosine[precision]:.5f} | "
+            f"{'met' if ratio >= GOAL else '**not met**'} |"
+        )
+    rows.append(
+        f"| transformers ClapFeatureExtractor + ClapModel loop, fp32 (batch {args.batch_size}) | "
+        f"{rate['transformers']:.2f} | 1.0x | 1 | |"
     )
+    table = "\n".join(rows)
     text = (
         f"`{command}`, {datetime.date.today().isoformat()}, torch {torch.__version__}, transformers "
         f"{transformers.__version__}, {args.threads} torch threads, {os.cpu_count()} CPUs, CPU only. "
@@ -156,9 +162,8 @@ def main() -> None:
         f"{tuple(round(x, 2) for x in load_end)} at the end.\n\n"
         f"{args.files} files of 10 s (44.1 kHz stereo WAV), htsat-tiny with random weights, both decoding with "
         f"`clapforge.data.shards.decode_audio` (torchcodec); median of {args.rounds} alternating rounds after a "
-        f"warm-up. Times include the parquet write, model loading is cached. Embeddings agree to min cosine "
-        f"{cosine:.5f} (transformers' extractor has no int16 round trip).\n\n{table}\n\n"
-        f"Goal >= {GOAL:.0f}x: {verdict}.\n"
+        f"warm-up. Times include the parquet write, model loading is cached. transformers' extractor has no int16 "
+        f"round trip, so even fp32 agrees closely rather than exactly.\n\n{table}\n"
     )
     print(text)
     if args.write:

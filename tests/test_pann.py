@@ -328,3 +328,39 @@ def test_init_pann_weights():
         if isinstance(m, torch.nn.BatchNorm2d):
             assert (m.weight == 1).all() and (m.bias == 0).all()
             assert (m.running_mean == 0).all() and (m.running_var == 1).all()
+
+
+@pytest.mark.parametrize("fusion", [False, True])
+def test_a_fresh_clap_model_gives_its_pann_encoder_pann_init(fusion):
+    """transformers initialises leaf modules only; the PANN scheme must still reach every conv of a fresh model
+    (before the fix every conv and fc1 got the generic N(0, 0.02), and from-scratch training crawled)."""
+    from clapforge.modeling_clap.configuration_laion_clap import LaionClapConfig
+    from clapforge.modeling_clap.modeling_laion_clap import LaionClapModel
+
+    audio = PannConfig(variant="cnn10", block_channels=[8, 16, 32, 64], enable_fusion=fusion).to_dict()
+    text = {"model_type": "bert", "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 32}
+    torch.manual_seed(0)
+    model = LaionClapModel(LaionClapConfig(audio_config=audio, text_config=text, enable_fusion=fusion))
+    encoder = model.audio_model
+    convs = [m for m in encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 8 + (1 if fusion else 0) + (4 if fusion else 0)  # blocks, mel_conv2d, fusion's 4 convs
+    for conv in [*convs, encoder.fc1]:
+        fan_in = conv.weight[0].numel()
+        fan_out = conv.weight.shape[0] * (conv.weight[0, 0].numel() if conv.weight.ndim == 4 else 1)
+        xavier_std = (2 / (fan_in + fan_out)) ** 0.5
+        assert conv.weight.std().item() == pytest.approx(xavier_std, rel=0.35), conv
+    for m in encoder.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            assert (m.weight == 1).all() and (m.bias == 0).all()
+    # The projection heads and the text tower keep the generic init.
+    assert model.audio_projection.linear1.weight.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+def test_head_dropout_is_configurable_and_defaults_to_laion():
+    assert PannConfig().head_dropout == 0.5
+    encoder = small_encoder("cnn6", head_dropout=0.0, dropout=0.0).train()
+    x = torch.randn(2, 1, 200, MELS)
+    torch.testing.assert_close(encoder(x), encoder(x))  # no dropout left: training mode is deterministic here
+    laion = small_encoder("cnn6").train()
+    assert not torch.equal(laion(x), laion(x))

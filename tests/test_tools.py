@@ -315,3 +315,21 @@ def test_embed_list_file_and_dataset_source(work, reference):
     assert index.keys == ["d", "b"]  # row order
     torch.testing.assert_close(index.embeddings, reference.embeddings[[reference.keys.index("sub/d.mp3"),
                                                                        reference.keys.index("b.flac")]])
+
+
+def test_embed_bf16_agrees_with_fp32_and_never_mixes_with_its_parts(work, reference, tmp_path):
+    out, _ = reference
+    fp32 = read_index(out)
+    bf16_out = tmp_path / "bf16.parquet"
+    embed_files(work / "model", work / "audio", bf16_out, batch_size=2, part_size=2, progress=False,
+                precision="bf16")
+    bf16 = read_index(bf16_out)
+    assert bf16.keys == fp32.keys and bf16.metadata["precision"] == "bf16" and fp32.metadata["precision"] == "fp32"
+    cosine = torch.nn.functional.cosine_similarity(bf16.embeddings.float(), fp32.embeddings.float(), dim=-1)
+    print(f"bf16 vs fp32 cosine per file: {cosine.tolist()}")
+    assert cosine.min() > 0.99 and not torch.equal(bf16.embeddings, fp32.embeddings)  # close, and really bf16
+    # A finished fp32 output is not "up to date" for a bf16 request: it is recomputed, not silently reused.
+    again = embed_files(work / "model", work / "audio", bf16_out, batch_size=2, part_size=2, progress=False)
+    assert not again.up_to_date and read_index(bf16_out).metadata["precision"] == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        embed_files(work / "model", work / "audio", bf16_out, precision="fp16", progress=False)

@@ -12,14 +12,13 @@ continues an interrupted run from its latest checkpoint instead. The figures are
 
 Threads: torch's intra-op threads wait for each other at every parallel region, so on cores that other jobs keep
 busy two threads run several times slower than one (benchmarks/RESULTS.md). Unless `--threads` says otherwise, the
-demo uses the cores the 1-minute load average leaves free, and at least one.
+demo uses every core, or one when the 1-minute load average is already at the core count.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import time
@@ -40,10 +39,11 @@ TABLE_ROWS = [
 
 
 def default_threads() -> int:
-    """The cores the 1-minute load average leaves free (at least one): see the module docstring."""
+    """All cores, or one when the 1-minute load average says other jobs already hold them all (module docstring)."""
     cores = os.cpu_count() or 1
-    # Rounded up: a load of 0.8 on 2 cores (a job that just ended) still leaves room for 2 threads.
-    return max(1, min(cores, math.ceil(cores - os.getloadavg()[0])))
+    # All cores unless other jobs already oversubscribe them. The 1-minute load lags: right after `make install` or
+    # another job it still reads 1-2 on idle cores, so a finer rule would starve the demo of a thread it could use.
+    return cores if os.getloadavg()[0] < cores else 1
 
 
 def ensure_corpus(folder: Path, clips: int, seed: int) -> bool:

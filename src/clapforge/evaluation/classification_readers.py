@@ -44,9 +44,9 @@ class LabelledFiles:
     class_names: list[str]
 
 
-def read_esc50_folds(root: str | os.PathLike, folds: str | list[int]) -> LabelledFiles:
-    """ESC-50 clips of `folds` ("1,2,3,4" or [1, 2, 3, 4]); class names in target order ("dog", "chirping birds")."""
-    wanted = [int(f) for f in str(folds).split(",")] if isinstance(folds, str) else list(folds)
+def read_esc50_folds(root: str | os.PathLike, folds: str | int | list[int]) -> LabelledFiles:
+    """ESC-50 clips of `folds` ("1,2,3,4", 5 or [1, 2, 3, 4]); class names in target order ("dog", "chirping birds")."""
+    wanted = [int(f) for f in str(folds).split(",")] if isinstance(folds, str | int) else list(folds)
     bench = read_esc50(root)
     unknown = sorted(set(wanted) - set(bench.folds))
     if unknown:

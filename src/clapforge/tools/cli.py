@@ -39,6 +39,7 @@ def run_embed(args: argparse.Namespace) -> int:
         args.model, args.input, args.out, batch_size=args.batch_size, num_workers=args.num_workers,
         window=args.window, part_size=args.part_size, dataset=args.dataset, audio_column=args.audio_column,
         split=args.split, key_column=args.key_column, overwrite=args.overwrite, progress=not args.quiet,
+        precision=args.precision,
     )
     if not report.main_process:
         return 0
@@ -119,6 +120,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     embed.add_argument("--key-column", help="dataset column naming each row (default: file name#row)")
     embed.add_argument("--overwrite", action="store_true", help="discard earlier parts and output and start again")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
+    embed.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                       help="bf16 autocasts the model: ~2x faster on CPUs with AVX-512 BF16 or AMX and on GPUs "
+                       "(default fp32)")
     embed.set_defaults(run=run_embed)
 
     search = commands.add_parser("search", help="nearest neighbours of a text or audio query in an embeddings file")

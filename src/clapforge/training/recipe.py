@@ -143,6 +143,8 @@ def _coerce(value: Any, spec: dataclasses.Field, where: str) -> Any:
     """YAML reads `2e-4` as a string (no dot); numbers are made numbers where the field says so."""
     if spec.type is str and isinstance(value, bool):
         return "no" if value is False else "yes"  # YAML 1.1 reads a bare `no` (mixed_precision=no) as False
+    if spec.type is str and isinstance(value, int | float):
+        return str(value)  # a split named by a number (ESC-50 fold `5`)
     wanted = [t for t in getattr(spec.type, "__args__", (spec.type,)) if t in (int, float)]
     if value is None or not wanted or isinstance(value, bool):
         return value

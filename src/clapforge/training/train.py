@@ -170,9 +170,11 @@ def train(recipe: Recipe) -> dict[str, float]:
     if recipe.resume:
         accelerator.load_state(str(resolve_resume(recipe.resume, checkpoints)))
         logger.info("resumed at step %d", progress.step)
-    validation, class_names = _validation_set(recipe) if recipe.data.validation else ([], None)
-    if objective is not None:
-        validation, class_names = (objective.validation_set() if recipe.data.validation else []), None
+    validation, class_names = [], None
+    if recipe.data.validation and objective is not None:
+        validation = objective.validation_set()  # the objective's reader (esc50, fsd50k, ...), not the shard stream
+    elif recipe.data.validation:
+        validation, class_names = _validation_set(recipe)
     if accelerator.is_main_process:
         accelerator.init_trackers(recipe.name, config=_flat(recipe.to_dict()))
 
