@@ -181,7 +181,7 @@ def train(recipe: Recipe) -> dict[str, float]:
     metrics: dict[str, float] = {}
     bar = tqdm(total=cfg.max_steps, initial=progress.step, disable=not accelerator.is_local_main_process, desc="train")
     fused = unwrapped.config.enable_fusion
-    started, seen = time.perf_counter(), 0
+    started, seen, saved_at = time.perf_counter(), 0, None
     while progress.step < cfg.max_steps:
         train_data.set_epoch(progress.epoch)
         for examples in loader:
@@ -241,12 +241,14 @@ def train(recipe: Recipe) -> dict[str, float]:
                 )
             if recipe.checkpoint.every and progress.step % recipe.checkpoint.every == 0:
                 save_checkpoint(accelerator, checkpoints, progress.step, recipe.checkpoint.keep_last)
+                saved_at = progress.step
             if progress.step >= cfg.max_steps:
                 break
         else:
             progress.epoch += 1  # the stream is exhausted: next epoch, new shard order and captions
     bar.close()
-    save_checkpoint(accelerator, checkpoints, progress.step, recipe.checkpoint.keep_last)
+    if saved_at != progress.step:  # the periodic save may have just written this very step
+        save_checkpoint(accelerator, checkpoints, progress.step, recipe.checkpoint.keep_last)
     if validation:
         metrics = _validate(
             accelerator, unwrapped, processor, validation, class_names, recipe, progress.step, objective
