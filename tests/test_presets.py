@@ -23,11 +23,12 @@ PANN_AUDIO_PARAMS_M = {
     "pann-cnn14": 80.8 - (2048 * 527 + 527) / 1e6,
 }
 HTSAT_PRESETS = ["htsat-tiny", "htsat-tiny-fused", "htsat-base", "htsat-large"]
-# `make demo`'s preset: a CNN6-style PANN (one 3x3 conv per block, 16-128 channels) and all-MiniLM-L6-v2's BERT.
+# `make demo`'s preset: a CNN10-style PANN (two 3x3 convs per block, 16-128 channels) and all-MiniLM-L6-v2's BERT.
 DEMO_PRESET = "pann-mini-minilm"
 DEMO_AUDIO_PARAMS = (
     2 * 64  # bn0
-    + sum(9 * i * o + 2 * o for i, o in [(1, 16), (16, 32), (32, 64), (64, 128)])  # conv (no bias) + BN per block
+    # per block: conv1 (in -> out) and conv2 (out -> out), no bias, each followed by a BatchNorm (2 * out)
+    + sum(9 * i * o + 9 * o * o + 4 * o for i, o in [(1, 16), (16, 32), (32, 64), (64, 128)])
     + 128 * 128
     + 128  # fc1
 )
