@@ -1,4 +1,4 @@
-"""`clapforge demo` (= `make demo`): the main job on the built-in default, on a CPU, in about ten minutes.
+"""`clapforge demo` (= `make demo`): the main job on the built-in default, on a CPU, in under ten minutes.
 
 1. corpus: `clapforge synth` into OUT/corpus, unless a complete corpus (its manifest.json) is already there;
 2. train: `recipes/demo.yaml` (the `pann-mini-minilm` preset: a small PANN from scratch, all-MiniLM-L6-v2 text
