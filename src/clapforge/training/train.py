@@ -108,10 +108,22 @@ def _check_data(recipe: Recipe) -> None:
             raise RecipeError(f"{field}: {source} does not exist (expected a local path, a glob or a Hub dataset id)")
 
 
+def _drop_stale_accelerator_state(mixed_precision: str) -> None:
+    """accelerate keeps one process-wide state and refuses an Accelerator with another precision, so a second
+    `train()` in the same process (a notebook, a test session) with another `mixed_precision` would fail. The stale
+    precision state is dropped; the process group (accelerate's PartialState) is kept."""
+    from accelerate.state import AcceleratorState
+
+    shared = AcceleratorState._shared_state
+    if shared and str(shared.get("_mixed_precision")) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
 def train(recipe: Recipe) -> dict[str, float]:
     """Run the recipe; returns the last validation metrics. Checkpoints go to <output_dir>/checkpoints."""
     _check_data(recipe)
     cfg, out = recipe.train, Path(recipe.output_dir)
+    _drop_stale_accelerator_state(cfg.mixed_precision)
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         log_with=recipe.log_with,
