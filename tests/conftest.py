@@ -1,6 +1,10 @@
 """Shared fixtures: a tiny tokenizer trained in milliseconds, the test-tiny model, synthetic audio."""
 
+import csv
+import io
 import math
+import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,3 +109,36 @@ def tiny_fused_model():
 
     torch.manual_seed(0)
     return randomize_(clapforge.create_model("test-tiny", enable_fusion=True))
+
+
+# Benchmark and classification layouts (ESC-50, FSD50K, ...) are written with these: short 16 kHz wav clips.
+WAV_SR = 16000
+
+
+def wav_bytes(seconds: float = 0.3, freq: float = 440.0, seed: int = 0) -> bytes:
+    """16-bit mono PCM wav at 16 kHz: a tone plus a little noise, distinct per (freq, seed)."""
+    t = np.arange(int(seconds * WAV_SR)) / WAV_SR
+    rng = np.random.default_rng(seed)
+    x = 0.4 * np.sin(2 * math.pi * freq * t) + 0.05 * rng.standard_normal(t.shape)
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(WAV_SR)
+        w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+def write_wav(path: Path, seed: int, seconds: float = 0.3) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(wav_bytes(seconds, 200.0 + 97.0 * seed, seed))
+    return path
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path

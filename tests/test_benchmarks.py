@@ -7,15 +7,10 @@ is checked against values worked out by hand, in both audio->text mAP variants.
 """
 
 import argparse
-import csv
-import io
 import itertools
 import json
-import math
-import wave
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -27,41 +22,11 @@ from clapforge.evaluation import cli as eval_cli
 from clapforge.evaluation import retrieval_metrics, zero_shot_accuracy
 from clapforge.evaluation.benchmarks import load_benchmark
 from clapforge.evaluation.tasks import markdown_table
-from conftest import make_tokenizer, randomize_
+from conftest import make_tokenizer, randomize_, wav_bytes, write_csv, write_wav
 
-SR = 16000
 ESC_CLASSES = ["dog", "chirping_birds", "door_wood_knock", "rain", "siren", "church_bells"]
 US8K_CLASSES = ["air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling", "engine_idling",
                 "gun_shot", "jackhammer", "siren", "street_music"]
-
-
-def wav_bytes(seconds: float = 0.3, freq: float = 440.0, seed: int = 0) -> bytes:
-    """16-bit mono PCM wav at 16 kHz: a tone plus a little noise, distinct per (freq, seed)."""
-    t = np.arange(int(seconds * SR)) / SR
-    rng = np.random.default_rng(seed)
-    x = 0.4 * np.sin(2 * math.pi * freq * t) + 0.05 * rng.standard_normal(t.shape)
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SR)
-        w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
-    return buffer.getvalue()
-
-
-def write_wav(path: Path, seed: int, seconds: float = 0.3) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(wav_bytes(seconds, 200.0 + 97.0 * seed, seed))
-    return path
-
-
-def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------- fixtures

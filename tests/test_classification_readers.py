@@ -13,7 +13,7 @@ import clapforge
 from clapforge.evaluation.classification_readers import read_esc50_folds, read_fsd50k, stream_labelled
 from clapforge.training.recipe import load_recipe
 from clapforge.training.train import train
-from test_benchmarks import write_csv, write_wav
+from conftest import write_csv, write_wav
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 ESC_CLASSES = ["dog", "rooster", "rain"]  # targets 0, 1, 2
