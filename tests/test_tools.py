@@ -17,6 +17,7 @@ from torchcodec.encoders import AudioEncoder
 import clapforge
 from clapforge.cli import main as tools_main
 from clapforge.data.shards import decode_audio
+from clapforge.evaluation.evaluate import CPU_CLIPS_PER_CALL, audio_embeds
 from clapforge.tools import api
 from clapforge.tools.embed import TEST_SLEEP_ENV, embed_files
 from clapforge.tools.index import read_index
@@ -333,3 +334,30 @@ def test_embed_bf16_agrees_with_fp32_and_never_mixes_with_its_parts(work, refere
     assert not again.up_to_date and read_index(bf16_out).metadata["precision"] == "fp32"
     with pytest.raises(ValueError, match="precision must be one of"):
         embed_files(work / "model", work / "audio", bf16_out, precision="fp16", progress=False)
+
+
+def test_cpu_chunks_give_the_embeddings_of_one_call(work):
+    """Six clips run as chunks of CPU_CLIPS_PER_CALL (4 + 2): the same embeddings as one six-clip call."""
+    model, processor = api.load_model(work / "model")
+    clips = [_tones(1 + i, 48000, 1, 300 + 100 * i, i)[0].astype(np.float32) for i in range(6)]
+    features = processor(audio=clips, sampling_rate=48000)
+    assert len(clips) > CPU_CLIPS_PER_CALL
+    with torch.inference_mode():
+        whole = model.get_audio_embeds(features["input_features"], features["is_longer"])
+        chunked = audio_embeds(model, features["input_features"], features["is_longer"])
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_embed_compile_matches_eager_with_one_graph(work, reference, capsys):
+    """`clapforge embed --compile`: the eager embeddings, and no recompile for short chunks (they are padded)."""
+    out, _ = reference
+    compiled_out = out.with_name("compiled.parquet")
+    torch._dynamo.reset()  # graphs compiled by other tests in this worker would count as earlier compiles
+    # Batches of 6 files: the first holds 4 readable ones (one chunk), the second 2 (a chunk padded to 4).
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        assert tools_main(["embed", str(work / "model"), str(work / "audio"), str(compiled_out), "--compile",
+                           "--batch-size", "6", "--part-size", "8", "--quiet"]) == 0
+    eager, compiled = read_index(out), read_index(compiled_out)
+    assert compiled.keys == eager.keys
+    torch.testing.assert_close(compiled.embeddings, eager.embeddings, atol=1e-4, rtol=1e-4)
+    assert "wrote" in capsys.readouterr().out

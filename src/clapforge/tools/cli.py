@@ -39,7 +39,7 @@ def run_embed(args: argparse.Namespace) -> int:
         args.model, args.input, args.out, batch_size=args.batch_size, num_workers=args.num_workers,
         window=args.window, part_size=args.part_size, dataset=args.dataset, audio_column=args.audio_column,
         split=args.split, key_column=args.key_column, overwrite=args.overwrite, progress=not args.quiet,
-        precision=args.precision,
+        precision=args.precision, compile=args.compile,
     )
     if not report.main_process:
         return 0
@@ -123,6 +123,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     embed.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                        help="bf16 autocasts the model: ~2x faster on CPUs with AVX-512 BF16 or AMX and on GPUs "
                        "(default fp32)")
+    embed.add_argument("--compile", action="store_true",
+                       help="torch.compile the audio tower: tens of seconds to start, ~20%% faster per file after "
+                       "(for long jobs)")
     embed.set_defaults(run=run_embed)
 
     search = commands.add_parser("search", help="nearest neighbours of a text or audio query in an embeddings file")

@@ -30,6 +30,7 @@ import torch
 
 from ..data.prepare import AUDIO_EXTENSIONS
 from ..data.shards import atomic_write_json, decode_audio
+from ..evaluation.evaluate import audio_embeds, compile_audio_tower
 from .index import EmbeddingIndex, check_format, read_index, write_index
 from .windows import split_windows
 
@@ -284,11 +285,13 @@ def embed_files(
     overwrite: bool = False,
     progress: bool = True,
     precision: str = "fp32",
+    compile: bool = False,
 ) -> EmbedReport:
     """Embed every input of `source` into `out` (.parquet or .safetensors); see the module docstring for the layout.
 
     Under `accelerate launch` every process runs this same call; the work is split by parts and rank 0 merges.
-    Returns the report (on every rank; `embedded` and `errors` are filled on rank 0).
+    `compile=True` runs the audio tower through `torch.compile` (see `compile_audio_tower`): slower to start, faster
+    per file on long jobs. Returns the report (on every rank; `embedded` and `errors` are filled on rank 0).
     """
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
@@ -376,9 +379,10 @@ def embed_files(
         # bf16 autocast: ~2x faster HTS-AT / PANN steps on CPUs with AVX-512 BF16 or AMX (and on GPUs), at a cosine
         # of ~0.9999 to fp32 (benchmarks/RESULTS.md); the embeddings are stored as float32 either way.
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+        compiled = compile_audio_tower(loaded) if compile else None
         with torch.inference_mode(), autocast:
             for batch in loader:
-                for part, part_rows in _embed_batch(loaded, batch, batch_size, device, part_of).items():
+                for part, part_rows in _embed_batch(loaded, compiled, batch, batch_size, device, part_of).items():
                     rows[part] += part_rows
                     if len(rows[part]) == len(part_items[part]):
                         _write_part(_part_path(parts_dir, part), rows.pop(part))
@@ -402,19 +406,24 @@ def embed_files(
 
 
 def _embed_batch(
-    model: Any, batch: dict[str, Any], batch_size: int, device: torch.device, part_of: dict[int, int]
+    model: Any,
+    compiled: Any,
+    batch: dict[str, Any],
+    batch_size: int,
+    device: torch.device,
+    part_of: dict[int, int],
 ) -> dict[int, list[dict[str, Any]]]:
     """Rows for the part files of one featurised batch, in item order, grouped by part."""
     rows = {item.index: {"index": item.index, "key": item.key} for item in batch["items"]}
     for index, reason in batch["errors"].items():
         rows[index]["error"] = reason
     if batch["ok"]:
-        embeds = _embed_features(model, batch["features"], batch_size, device)  # (B, E)
+        embeds = _embed_features(model, compiled, batch["features"], batch_size, device)  # (B, E)
         for j, index in enumerate(batch["ok"]):
             rows[index]["embedding"] = embeds[j]
             rows[index]["duration"] = batch["durations"][j]
         if "window_features" in batch:
-            window_embeds = _embed_features(model, batch["window_features"], batch_size, device)  # (M, E)
+            window_embeds = _embed_features(model, compiled, batch["window_features"], batch_size, device)  # (M, E)
             start = 0
             for index, count in zip(batch["ok"], batch["window_counts"], strict=True):
                 bounds = batch["window_bounds"][start : start + count]
@@ -428,11 +437,11 @@ def _embed_batch(
     return grouped
 
 
-def _embed_features(model: Any, features: Any, batch_size: int, device: torch.device) -> np.ndarray:
+def _embed_features(model: Any, compiled: Any, features: Any, batch_size: int, device: torch.device) -> np.ndarray:
     """(B, E) float32 numpy embeddings of featurised clips, `batch_size` clips per model call."""
     out = []
     for s in range(0, features["input_features"].shape[0], batch_size):
         x = features["input_features"][s : s + batch_size].to(device)
         longer = features["is_longer"][s : s + batch_size].to(device)
-        out.append(model.get_audio_embeds(x, longer).float().cpu())  # (B, E)
+        out.append(audio_embeds(model, x, longer, compiled).float().cpu())  # (B, E)
     return torch.cat(out).numpy()
