@@ -15,12 +15,15 @@ on a finished OUT whose recorded settings and inputs match does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -140,17 +143,26 @@ def _dataset_inputs(source: str, audio_column: str, split: str, key_column: str 
 
 
 class AudioItems(torch.utils.data.Dataset):
-    """Position -> (item, mono float32 audio at `sample_rate` or the reason it cannot be read)."""
+    """Position -> (item, mono float32 audio at `sample_rate` or the reason it cannot be read).
 
-    def __init__(self, items: list[Item], reader: DatasetReader | None, sample_rate: int) -> None:
+    With `model_idle` (an event the main process clears while its model runs on the CPU), a worker decodes only
+    between model steps: see `embed_files`.
+    """
+
+    def __init__(
+        self, items: list[Item], reader: DatasetReader | None, sample_rate: int, model_idle: Any = None
+    ) -> None:
         self.items = items
         self.reader = reader
         self.sample_rate = sample_rate
+        self.model_idle = model_idle
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, position: int) -> tuple[Item, np.ndarray | str]:
+        if self.model_idle is not None:
+            self.model_idle.wait()
         item = self.items[position]
         try:
             source = item.path if self.reader is None else self.reader(item)
@@ -166,11 +178,14 @@ class AudioItems(torch.utils.data.Dataset):
 class Featurize:
     """collate_fn: the log-mel features of a batch of decoded clips (and of their windows in window mode)."""
 
-    def __init__(self, feature_extractor: Any, window: bool) -> None:
+    def __init__(self, feature_extractor: Any, window: bool, model_idle: Any = None) -> None:
         self.feature_extractor = feature_extractor
         self.window = window
+        self.model_idle = model_idle
 
     def __call__(self, batch: list[tuple[Item, np.ndarray | str]]) -> dict[str, Any]:
+        if self.model_idle is not None:
+            self.model_idle.wait()
         fe = self.feature_extractor
         sr = fe.sampling_rate
         ok = [(item, audio) for item, audio in batch if not isinstance(audio, str)]
@@ -362,10 +377,17 @@ def embed_files(
     report.computed = len(todo)
 
     if todo:
+        device = state.device
+        # On a CPU, workers decoding while the model runs take a core from one of its threads, and the others then
+        # wait for it at every op: the model step slows by more than the work the worker does. So workers wait while
+        # the model runs and use every core between its steps (benchmarks/RESULTS.md "Embed").
+        model_idle = multiprocessing.get_context().Event() if device.type == "cpu" and num_workers > 0 else None
+        if model_idle is not None:
+            model_idle.set()
         loader = torch.utils.data.DataLoader(
-            AudioItems(todo, reader, fe.sampling_rate),
+            AudioItems(todo, reader, fe.sampling_rate, model_idle),
             batch_sampler=batches,
-            collate_fn=Featurize(fe, window),
+            collate_fn=Featurize(fe, window, model_idle),
             num_workers=num_workers,
         )
         total = sum(len(its) for its in part_items.values())
@@ -374,7 +396,6 @@ def embed_files(
         sleep = float(os.environ.get(TEST_SLEEP_ENV, "0"))
         part_of = {item.index: item.index // part_size for item in todo}
         rows: dict[int, list[dict[str, Any]]] = {p: [] for p in pending}
-        device = state.device
         loaded.eval()
         # bf16 autocast: ~2x faster HTS-AT / PANN steps on CPUs with AVX-512 BF16 or AMX (and on GPUs), at a cosine
         # of ~0.9999 to fp32 (benchmarks/RESULTS.md); the embeddings are stored as float32 either way.
@@ -382,7 +403,9 @@ def embed_files(
         compiled = compile_audio_tower(loaded) if compile else None
         with torch.inference_mode(), autocast:
             for batch in loader:
-                for part, part_rows in _embed_batch(loaded, compiled, batch, batch_size, device, part_of).items():
+                with _model_running(model_idle):
+                    grouped = _embed_batch(loaded, compiled, batch, batch_size, device, part_of)
+                for part, part_rows in grouped.items():
                     rows[part] += part_rows
                     if len(rows[part]) == len(part_items[part]):
                         _write_part(_part_path(parts_dir, part), rows.pop(part))
@@ -403,6 +426,19 @@ def embed_files(
         report.embedded, report.errors = len(index), errors
     state.wait_for_everyone()
     return report
+
+
+@contextlib.contextmanager
+def _model_running(model_idle: Any) -> Iterator[None]:
+    """Clears `model_idle` (if any) for the duration, and sets it again even on an error (workers wait on it)."""
+    if model_idle is None:
+        yield
+        return
+    model_idle.clear()
+    try:
+        yield
+    finally:
+        model_idle.set()
 
 
 def _embed_batch(
