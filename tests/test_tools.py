@@ -17,7 +17,7 @@ from torchcodec.encoders import AudioEncoder
 import clapforge
 from clapforge.cli import main as tools_main
 from clapforge.data.shards import decode_audio
-from clapforge.evaluation.evaluate import CPU_CLIPS_PER_CALL, audio_embeds
+from clapforge.evaluation.evaluate import CPU_CLIPS_PER_CALL, audio_embeds, compile_audio_tower
 from clapforge.tools import api
 from clapforge.tools.embed import TEST_SLEEP_ENV, embed_files
 from clapforge.tools.index import read_index
@@ -361,3 +361,20 @@ def test_embed_compile_matches_eager_with_one_graph(work, reference, capsys):
     assert compiled.keys == eager.keys
     torch.testing.assert_close(compiled.embeddings, eager.embeddings, atol=1e-4, rtol=1e-4)
     assert "wrote" in capsys.readouterr().out
+
+
+def test_compiled_fused_tower_matches_eager_on_mixed_lengths(tiny_fused_model):
+    """A fused model compiles too (its fusion branch depends on the data) and matches eager on long and short clips."""
+    extractor = clapforge.create_feature_extractor("test-tiny", truncation="fusion")
+    rng = np.random.default_rng(0)
+    batches = [[3, 12, 4, 15, 2], [12, 14, 16, 18, 11], [2, 3, 4, 5, 6]]  # seconds: mixed, all long, all short
+    torch._dynamo.reset()
+    compiled = compile_audio_tower(tiny_fused_model)
+    for seconds in batches:
+        clips = [0.1 * rng.standard_normal(48000 * s).astype(np.float32) for s in seconds]
+        features = extractor(clips, sampling_rate=48000)
+        assert features["is_longer"].view(-1).tolist() == [s > 10 for s in seconds]
+        with torch.inference_mode():
+            eager = audio_embeds(tiny_fused_model, features["input_features"], features["is_longer"])
+            fast = audio_embeds(tiny_fused_model, features["input_features"], features["is_longer"], compiled)
+        torch.testing.assert_close(fast, eager, atol=1e-5, rtol=1e-5)
