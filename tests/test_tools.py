@@ -378,3 +378,12 @@ def test_compiled_fused_tower_matches_eager_on_mixed_lengths(tiny_fused_model):
             eager = audio_embeds(tiny_fused_model, features["input_features"], features["is_longer"])
             fast = audio_embeds(tiny_fused_model, features["input_features"], features["is_longer"], compiled)
         torch.testing.assert_close(fast, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_compile_without_a_cpp_compiler_says_so(work, monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-c++-compiler",))
+    model, _ = api.load_model(work / "model")
+    with pytest.raises(ValueError, match="needs a C\\+\\+ compiler"):
+        compile_audio_tower(model)

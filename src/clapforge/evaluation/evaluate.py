@@ -31,6 +31,8 @@ def compile_audio_tower(model: torch.nn.Module) -> Callable[[torch.Tensor, torch
     """
     import torch._inductor.config
 
+    if _device(model).type == "cpu":
+        _check_cpp_compiler()
     compiled = torch.compile(model.get_audio_embeds)
 
     def run(input_features: torch.Tensor, is_longer: torch.Tensor) -> torch.Tensor:
@@ -40,6 +42,19 @@ def compile_audio_tower(model: torch.nn.Module) -> Callable[[torch.Tensor, torch
             return compiled(input_features, is_longer)
 
     return run
+
+
+def _check_cpp_compiler() -> None:
+    """On a CPU, torch.compile builds C++ kernels: say so up front rather than deep inside the first model call."""
+    from torch._inductor import cpp_builder, exc
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler as error:
+        raise ValueError(
+            "compiling the model on a CPU needs a C++ compiler (e.g. `apt-get install g++`, or set CXX); "
+            f"torch found none: {error}. Run without compile instead."
+        ) from error
 
 
 def audio_embeds(
