@@ -122,13 +122,7 @@ class LaionClapFeatureExtractor(SequenceFeatureExtractor):
         # bank in float32; librosa builds the Slaney bank in float64 and torchlibrosa casts it to float32. In float32
         # the small edge weights of the Slaney bank lose digits, which moves a band next to a strong tone by ~0.02 dB.
         self.mel_filters = torchaudio.functional.melscale_fbanks(**fbank_args, norm=None, mel_scale="htk")  # (K, F)
-        previous_dtype = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)  # melscale_fbanks has no dtype argument; it follows the default
-        try:
-            slaney = torchaudio.functional.melscale_fbanks(**fbank_args, norm="slaney", mel_scale="slaney")
-        finally:
-            torch.set_default_dtype(previous_dtype)
-        self.mel_filters_slaney = slaney.float()  # (K, F)
+        self.mel_filters_slaney = _slaney_mel_filters(**fbank_args).float()  # (K, F)
         self.window = torch.hann_window(fft_window_size, periodic=True)  # (W,)
 
     def to_dict(self) -> dict[str, Any]:
@@ -436,6 +430,28 @@ def _resample(clips: list[torch.Tensor], orig_freq: int, new_freq: int) -> list[
     resampled = torchaudio.functional.resample(packed, orig_freq, new_freq)
     # torchaudio keeps ceil(new * length / orig) samples of a clip resampled alone.
     return [resampled[o // orig * new :][: -(-n * new // orig)] for o, n in zip(offsets, lengths, strict=True)]
+
+
+def _slaney_mel_filters(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int) -> torch.Tensor:
+    """(n_freqs, n_mels) float64 Slaney mel bank with Slaney area norm, as librosa builds it (`htk=False`).
+
+    torchaudio's `melscale_fbanks` computes the same in the default dtype and has no dtype argument; changing the
+    process-wide default around it would leak float64 into other threads.
+    """
+    f_sp, min_log_hz = 200.0 / 3, 1000.0  # linear below 1 kHz (200/3 Hz per mel), logarithmic above
+    min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
+
+    def hz_to_mel(hz: float) -> float:
+        return hz / f_sp if hz < min_log_hz else min_log_mel + math.log(hz / min_log_hz) / logstep
+
+    mels = torch.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2, dtype=torch.float64)  # (K+2,)
+    edges = torch.where(mels >= min_log_mel, min_log_hz * torch.exp(logstep * (mels - min_log_mel)), f_sp * mels)
+    bins = torch.linspace(0, sample_rate // 2, n_freqs, dtype=torch.float64)  # (F,)
+    widths = edges[1:] - edges[:-1]  # (K+1,)
+    to_edge = edges[None, :] - bins[:, None]  # (F, K+2)
+    rising, falling = -to_edge[:, :-2] / widths[:-1], to_edge[:, 2:] / widths[1:]  # (F, K) each
+    triangles = torch.minimum(rising, falling).clamp(min=0.0)  # (F, K)
+    return triangles * (2.0 / (edges[2:] - edges[:-2]))  # (F, K): each band's area normalised
 
 
 def _random_index(counts: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
