@@ -228,11 +228,16 @@ class PatchEmbed(nn.Module):
     def forward(self, image: torch.Tensor, longer: torch.Tensor | None) -> torch.Tensor:
         """image: (B, C, S, S), longer: (B,) bool or None -> (B, N, D)."""
         tokens = self.proj(image[:, :1])  # (B, D, H, W)
-        if self.fusion and longer is not None and bool(longer.any()):
+        if self.fusion and longer is not None:
             tokens = self._fuse_local_crops(tokens, image, longer)
         return self.norm(tokens.flatten(2).transpose(1, 2))  # (B, N, D)
 
+    # Its shapes depend on how many clips are longer, so under torch.compile it runs eagerly between two graphs
+    # (dynamo would otherwise break the graph at `longer.any()` and log a warning that suggests a wrong fix).
+    @torch.compiler.disable
     def _fuse_local_crops(self, tokens: torch.Tensor, image: torch.Tensor, longer: torch.Tensor) -> torch.Tensor:
+        if not longer.any():
+            return tokens
         local = image[longer, 1:]  # (b, 3, S, S)
         b, crops, s, _ = local.shape
         local = self.mel_conv2d(local.reshape(b * crops, 1, s, s))  # (b*3, D, H, W/3)
