@@ -1,9 +1,12 @@
 """Shared fixtures: a tiny tokenizer trained in milliseconds, the test-tiny model, synthetic audio."""
 
+import contextlib
 import csv
 import io
+import logging
 import math
 import wave
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +145,17 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
         writer.writerow(header)
         writer.writerows(rows)
     return path
+
+
+@contextlib.contextmanager
+def dynamo_warnings() -> Iterator[list[str]]:
+    """The messages torch._dynamo logs at WARNING or above inside the block (torch's loggers do not reach caplog)."""
+    messages: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("torch._dynamo")
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)

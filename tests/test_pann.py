@@ -8,6 +8,7 @@ import torch
 from clapforge.modeling_clap import modeling_pann
 from clapforge.modeling_clap.configuration_laion_clap import PannConfig
 from clapforge.modeling_clap.modeling_pann import PannAudioEncoder, init_pann_weights
+from conftest import dynamo_warnings
 
 SMALL_CHANNELS = {"cnn6": [4, 8, 8, 16], "cnn10": [4, 8, 8, 16, 16], "cnn14": [4, 8, 8, 16, 16, 32]}
 FRAMES, MELS = 1001, 64
@@ -236,6 +237,19 @@ def test_fusion_longer_clip_depends_on_its_local_channels():
         out, out_changed = model(x, longer), model(changed, longer)
     assert (out[0] - out_changed[0]).abs().max() > 1e-4
     torch.testing.assert_close(out[1], out_changed[1], atol=1e-5, rtol=1e-5)
+
+
+def test_compiled_fused_encoder_matches_eager_without_graph_break_warnings():
+    """The fusion branch depends on which clips are longer: under torch.compile it runs eagerly between graphs."""
+    model = small_encoder("cnn14", fusion=True)
+    x = torch.randn(3, 4, 256, MELS)
+    torch._dynamo.reset()
+    compiled = torch.compile(model)
+    with dynamo_warnings() as warnings, torch.inference_mode():
+        for flags in ([True, False, True], [True, True, True], [False, False, False]):  # mixed, all long, all short
+            longer = torch.tensor(flags)[:, None]
+            torch.testing.assert_close(compiled(x, longer), model(x, longer), atol=1e-5, rtol=1e-5)
+    assert not [message for message in warnings if "Graph break" in message]
 
 
 def test_fusion_output_does_not_depend_on_batch_composition():

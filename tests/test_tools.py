@@ -1,7 +1,6 @@
 """`clapforge embed` / `search` / `classify`, window mode and the Python API, on test-tiny and made-up audio."""
 
 import json
-import logging
 import os
 import signal
 import socket
@@ -22,7 +21,7 @@ from clapforge.evaluation.evaluate import CPU_CLIPS_PER_CALL, audio_embeds, comp
 from clapforge.tools import api
 from clapforge.tools.embed import TEST_SLEEP_ENV, embed_files
 from clapforge.tools.index import read_index
-from conftest import make_tokenizer, randomize_
+from conftest import dynamo_warnings, make_tokenizer, randomize_
 
 ROOT = Path(__file__).resolve().parents[1]
 READABLE = ["a.wav", "b.flac", "long.flac", "sub/c.ogg", "sub/d.mp3", "sub/deep/e.wav"]
@@ -372,36 +371,16 @@ def test_compiled_fused_tower_matches_eager_on_mixed_lengths(tiny_fused_model):
     batches = [[3, 12, 4, 15, 2], [12, 14, 16, 18, 11], [2, 3, 4, 5, 6]]  # seconds: mixed, all long, all short
     torch._dynamo.reset()
     compiled = compile_audio_tower(tiny_fused_model)
-    warnings = ListHandler(logging.WARNING)
-    dynamo_logger = logging.getLogger("torch._dynamo")  # torch's loggers do not reach pytest's caplog
-    dynamo_logger.addHandler(warnings)
-    try:
-        check_compiled_fused_batches(tiny_fused_model, compiled, extractor, rng, batches)
-    finally:
-        dynamo_logger.removeHandler(warnings)
-    assert not [r.getMessage() for r in warnings.records if "Graph break" in r.getMessage()]
-
-
-class ListHandler(logging.Handler):
-    """Keeps the log records it receives."""
-
-    def __init__(self, level: int) -> None:
-        super().__init__(level)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-def check_compiled_fused_batches(model, compiled, extractor, rng, batches) -> None:
-    for seconds in batches:
-        clips = [0.1 * rng.standard_normal(48000 * s).astype(np.float32) for s in seconds]
-        features = extractor(clips, sampling_rate=48000)
-        assert features["is_longer"].view(-1).tolist() == [s > 10 for s in seconds]
-        with torch.inference_mode():
-            eager = audio_embeds(model, features["input_features"], features["is_longer"])
-            fast = audio_embeds(model, features["input_features"], features["is_longer"], compiled)
-        torch.testing.assert_close(fast, eager, atol=1e-5, rtol=1e-5)
+    with dynamo_warnings() as warnings:
+        for seconds in batches:
+            clips = [0.1 * rng.standard_normal(48000 * s).astype(np.float32) for s in seconds]
+            features = extractor(clips, sampling_rate=48000)
+            assert features["is_longer"].view(-1).tolist() == [s > 10 for s in seconds]
+            with torch.inference_mode():
+                eager = audio_embeds(tiny_fused_model, features["input_features"], features["is_longer"])
+                fast = audio_embeds(tiny_fused_model, features["input_features"], features["is_longer"], compiled)
+            torch.testing.assert_close(fast, eager, atol=1e-5, rtol=1e-5)
+    assert not [message for message in warnings if "Graph break" in message]
 
 
 def test_compile_without_a_cpp_compiler_says_so(work, monkeypatch):

@@ -139,8 +139,7 @@ class PannAudioEncoder(nn.Module):
         # picked at random: an embedding depends only on its own input, not on the rest of the batch.
         if channels == 4 and is_longer is not None:
             longer = is_longer.reshape(-1).to(device=x.device, dtype=torch.bool)
-            if bool(longer.any()):
-                hidden = self._fuse_local_crops(hidden, x[:, 1:], longer)
+            hidden = self._fuse_local_crops(hidden, x[:, 1:], longer)
         hidden = F.dropout(hidden, p=self.config.dropout, training=self.training)
         for block in self.conv_blocks[1:]:
             hidden = self._run_block(block, hidden)
@@ -151,8 +150,13 @@ class PannAudioEncoder(nn.Module):
         pooled = F.relu(self.fc1(pooled))
         return F.dropout(pooled, p=self.config.head_dropout, training=self.training)
 
+    # Its shapes depend on how many clips are longer, so under torch.compile it runs eagerly between two graphs
+    # (dynamo would otherwise break the graph at `longer.any()` and log a warning that suggests a wrong fix).
+    @torch.compiler.disable
     def _fuse_local_crops(self, hidden: torch.Tensor, crops: torch.Tensor, longer: torch.Tensor) -> torch.Tensor:
         """Merges the three local crops of the longer clips into conv_block1's output of their global view."""
+        if not longer.any():
+            return hidden
         local = crops[longer]  # (b, 3, T, F)
         b, n, t, f = local.shape
         local = self.mel_conv2d(local.reshape(b * n, 1, t, f))  # (b*3, C, T/6, F/2)
