@@ -58,7 +58,6 @@ def test_filter_banks_match_laion():
     np.testing.assert_allclose(fe.mel_filters_slaney.numpy(), laion_slaney, rtol=0, atol=1e-8)
 
 
-
 @pytest.mark.parametrize(
     ("sr", "n_fft", "n_mels", "fmin", "fmax"),
     [(48000, 1024, 64, 50, 14000), (16000, 512, 40, 0, 8000), (44100, 2048, 10, 20, 900)],

@@ -245,7 +245,7 @@ class PatchEmbed(nn.Module):
         width = tokens.shape[-1]
         local = F.pad(local, (0, width - local.shape[-1]))  # (b, D, H, W): pads (or crops) to the global width
         fused = self.fusion_model(tokens[longer], local)
-        return torch.index_put(tokens, (longer.nonzero()[:, 0],), fused)
+        return tokens.index_put((longer.nonzero()[:, 0],), fused)
 
 
 class HtsatAudioEncoder(nn.Module):
