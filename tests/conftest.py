@@ -159,3 +159,40 @@ def dynamo_warnings() -> Iterator[list[str]]:
         yield messages
     finally:
         logger.removeHandler(handler)
+
+
+# numpy 2 pickles its scalar constructor under `numpy._core`; numpy 1.x, which pickled every released LAION-CLAP
+# checkpoint, wrote `numpy.core`.
+NUMPY1_GLOBALS = {
+    "numpy._core.multiarray scalar": "numpy.core.multiarray scalar",
+    "numpy._core.multiarray _reconstruct": "numpy.core.multiarray _reconstruct",
+}
+
+
+def rewrite_pickle_globals(checkpoint: Path, renames: dict[str, str]) -> list[str]:
+    """Rewrites the GLOBAL opcodes ("module name") of a `torch.save` file's data.pkl in place; returns the globals the
+    pickle names afterwards. Protocol 2 writes each GLOBAL as `c` + module + newline + name + newline, so a renamed
+    global is a byte-exact picture of what another library version would have written."""
+    import pickletools
+    import zipfile
+
+    with zipfile.ZipFile(checkpoint) as archive:
+        entries = [(info, archive.read(info)) for info in archive.infolist()]
+    rewritten = []
+    for info, data in entries:
+        if info.filename.endswith("/data.pkl"):
+            out, start, names = bytearray(), 0, []
+            for opcode, arg, pos in pickletools.genops(data):
+                if opcode.name != "GLOBAL":
+                    continue
+                new = renames.get(arg, arg)
+                names.append(new)
+                end = pos + 1 + len(arg) + 1  # the opcode byte, then "module\nname\n" (arg is "module name")
+                out += data[start:pos] + b"c" + new.replace(" ", "\n").encode() + b"\n"
+                start = end
+            data = bytes(out + data[start:])
+        rewritten.append((info, data))
+    with zipfile.ZipFile(checkpoint, "w", compression=zipfile.ZIP_STORED) as archive:
+        for info, data in rewritten:
+            archive.writestr(info, data)
+    return names

@@ -11,7 +11,7 @@ from transformers import ClapConfig, ClapModel
 
 from clapforge import LaionClapModel
 from clapforge.convert import convert_checkpoint, load_laion_state_dict
-from conftest import make_tokenizer, randomize_
+from conftest import NUMPY1_GLOBALS, make_tokenizer, randomize_, rewrite_pickle_globals
 
 TINY_HF = dict(
     # 64-wide heads, as in every BERT-family tower LAION used: a LAION .pt does not record the head count.
@@ -61,7 +61,7 @@ def embeddings_ours(model, features, is_longer, ids, mask):
 def test_transformers_folder_converts_with_parity(size, fusion, tmp_path):
     source = hf_model(size, fusion)
     source.save_pretrained(tmp_path / "hf")
-    report = convert_checkpoint(tmp_path / "hf", tmp_path / "ours")
+    report = convert_checkpoint(tmp_path / "hf", tmp_path / "ours", no_tokenizer=True)
     ours = LaionClapModel.from_pretrained(tmp_path / "ours").eval()
     # At the default size each folder holds 600 MB; freed now so that a test run fits on a small CI disk.
     shutil.rmtree(tmp_path / "hf")
@@ -81,9 +81,9 @@ def test_export_to_transformers_roundtrips(fusion, tmp_path):
     torch.manual_seed(0)
     model = randomize_(clapforge.create_model("test-tiny", enable_fusion=fusion))
     model.save_pretrained(tmp_path / "ours")
-    convert_checkpoint(tmp_path / "ours", tmp_path / "hf", to="transformers", tokenizer=None)
+    convert_checkpoint(tmp_path / "ours", tmp_path / "hf", to="transformers", no_tokenizer=True)
     exported = ClapModel.from_pretrained(tmp_path / "hf").eval()  # transformers' own class loads it
-    convert_checkpoint(tmp_path / "hf", tmp_path / "back")
+    convert_checkpoint(tmp_path / "hf", tmp_path / "back", no_tokenizer=True)
     back = LaionClapModel.from_pretrained(tmp_path / "back").eval()
     batch = inputs(fusion, model.config.text_config.vocab_size)
     original = embeddings_ours(model, *batch)
@@ -146,10 +146,14 @@ def laion_checkpoint_from(model: ClapModel) -> dict:
     return {"epoch": np.int64(45), "name": "630k-fusion", "best": np.float64(0.5), "state_dict": state}
 
 
+@pytest.mark.parametrize("numpy_version", ["numpy1", "numpy2"])
 @pytest.mark.parametrize("fusion", [False, True], ids=["unfused", "fused"])
-def test_laion_checkpoint_converts_with_parity(fusion, tmp_path):
+def test_laion_checkpoint_converts_with_parity(fusion, numpy_version, tmp_path):
     source = hf_model("tiny", fusion)
     torch.save(laion_checkpoint_from(source), tmp_path / "630k.pt")
+    if numpy_version == "numpy1":  # as every released file was pickled
+        names = rewrite_pickle_globals(tmp_path / "630k.pt", NUMPY1_GLOBALS)
+        assert "numpy.core.multiarray scalar" in names and not any("numpy._core" in n for n in names)
     tokenizer = make_tokenizer()
     tokenizer.save_pretrained(tmp_path / "tok")
     report = convert_checkpoint(tmp_path / "630k.pt", tmp_path / "ours", tokenizer=tmp_path / "tok")
@@ -210,7 +214,7 @@ def test_converter_refuses_files_that_are_not_checkpoints(tmp_path):
 
     hostile = tmp_path / "hostile.pt"
     torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": Payload()}, hostile)
-    with pytest.raises(ValueError, match="refused by the safe loader"):
+    with pytest.raises(ValueError, match="refused by the safe loader: its pickle names __builtin__.print"):
         load_laion_state_dict(hostile)
 
     unrelated = tmp_path / "resnet.pt"
@@ -220,6 +224,34 @@ def test_converter_refuses_files_that_are_not_checkpoints(tmp_path):
 
     with pytest.raises(FileNotFoundError):
         load_laion_state_dict(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("hostile", ["builtins eval", "os system", "posix system"])
+def test_numpy1_checkpoint_with_any_other_global_is_refused(hostile, tmp_path):
+    """The allow-list takes numpy 1.x's names for numpy's scalar functions, and no other global under any name."""
+    checkpoint = tmp_path / "630k.pt"
+    torch.save(laion_checkpoint_from(hf_model("tiny", False)), checkpoint)
+    names = rewrite_pickle_globals(checkpoint, {**NUMPY1_GLOBALS, "numpy._core.multiarray scalar": hostile})
+    assert hostile in names
+    with pytest.raises(ValueError, match=f"refused by the safe loader: its pickle names {hostile.replace(' ', '.')}"):
+        load_laion_state_dict(checkpoint)
+    with pytest.raises(ValueError, match="refused by the safe loader"):
+        convert_checkpoint(checkpoint, tmp_path / "out", no_tokenizer=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_conversion_without_a_tokenizer_is_refused_unless_asked_for(tmp_path):
+    """A folder without a tokenizer cannot embed text: convert names the fix instead of writing one silently."""
+    torch.save(laion_checkpoint_from(hf_model("tiny", True)), tmp_path / "630k.pt")
+    with pytest.raises(ValueError, match=r"630k.pt carries no tokenizer.*--tokenizer roberta-base.*--no-tokenizer"):
+        convert_checkpoint(tmp_path / "630k.pt", tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    convert_checkpoint(tmp_path / "630k.pt", tmp_path / "audio-only", no_tokenizer=True)
+    written = {p.name for p in (tmp_path / "audio-only").iterdir()}
+    assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= written
+    assert not {"tokenizer.json", "vocab.json", "tokenizer_config.json"} & written
+    # The extractor written beside the model is derived from its config: fused model, fusion features.
+    assert json.loads((tmp_path / "audio-only" / "preprocessor_config.json").read_text())["truncation"] == "fusion"
 
 
 def test_cli_convert_reports_errors_clearly(tmp_path, capsys):

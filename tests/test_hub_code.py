@@ -56,7 +56,7 @@ def run_without_clapforge(folder, tmp_path) -> dict:
 
 def test_saved_folder_runs_without_clapforge(tiny_fused_model, tokenizer, tmp_path):
     folder = tmp_path / "repo"
-    processor = LaionClapProcessor(clapforge.create_feature_extractor("test-tiny", truncation="fusion"), tokenizer)
+    processor = LaionClapProcessor(clapforge.create_feature_extractor("test-tiny", tiny_fused_model.config), tokenizer)
     tiny_fused_model.save_pretrained(folder)
     processor.save_pretrained(folder)
     files = {p.name for p in folder.iterdir()}

@@ -366,7 +366,7 @@ def test_embed_compile_matches_eager_with_one_graph(work, reference, capsys):
 def test_compiled_fused_tower_matches_eager_on_mixed_lengths(tiny_fused_model):
     """A fused model compiles too (its fusion branch depends on the data, so it runs eagerly between graphs) and
     matches eager on long and short clips, without dynamo warning about graph breaks."""
-    extractor = clapforge.create_feature_extractor("test-tiny", truncation="fusion")
+    extractor = clapforge.create_feature_extractor("test-tiny", tiny_fused_model.config)
     rng = np.random.default_rng(0)
     batches = [[3, 12, 4, 15, 2], [12, 14, 16, 18, 11], [2, 3, 4, 5, 6]]  # seconds: mixed, all long, all short
     torch._dynamo.reset()

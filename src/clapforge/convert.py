@@ -90,20 +90,42 @@ def _is_dropped(key: str, patterns: list[str]) -> bool:
 
 
 def _numpy_allow_list() -> list:
-    """The non-tensor objects LAION's pickles contain (numpy scalars from the training loop's bookkeeping)."""
+    """The non-tensor globals LAION's pickles name (numpy scalars and dtypes from the training loop's bookkeeping).
+
+    torch's weights-only unpickler matches a global by the name written in the pickle. The released files were pickled
+    under numpy 1.x, which wrote `numpy.core.multiarray.scalar`; numpy 2 moved the module to `numpy._core` (and pickles
+    under that name), so each function is allowed under both names, bound to the object this numpy has.
+    """
     import codecs
 
     import numpy as np
 
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
     allowed: list = [codecs.encode, np.dtype, np.ndarray]
-    for module_name in ("numpy._core.multiarray", "numpy.core.multiarray"):
-        try:
-            module = __import__(module_name, fromlist=["scalar", "_reconstruct"])
-            allowed += [module.scalar, module._reconstruct]
-        except (ImportError, AttributeError):
-            continue
+    for module_name in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed += [(getattr(multiarray, name), f"{module_name}.{name}") for name in ("scalar", "_reconstruct")]
     allowed += [type(np.dtype(name)) for name in ("float64", "float32", "int64", "int32", "bool")]
     return allowed
+
+
+def _foreign_globals(path: Path) -> list[str]:
+    """The globals a checkpoint's pickle names besides torch's own and the numpy allow-list, read without running it
+    (torch's refusal message words this differently across versions and kinds of global)."""
+    import pickletools
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+    else:
+        data = path.read_bytes()
+    allowed = {entry[1] if isinstance(entry, tuple) else f"{entry.__module__}.{entry.__qualname__}"
+               for entry in _numpy_allow_list()} | {"numpy.dtype", "collections.OrderedDict"}
+    try:
+        named = [arg.replace(" ", ".") for op, arg, _ in pickletools.genops(data) if op.name == "GLOBAL"]
+    except (ValueError, EOFError):  # a damaged pickle: report no names rather than a second error
+        return []
+    return sorted({name for name in named if name not in allowed and not name.startswith("torch.")})
 
 
 def load_laion_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -123,9 +145,10 @@ def load_laion_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         with torch.serialization.safe_globals(_numpy_allow_list()):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        foreign = ", ".join(_foreign_globals(path)) or "objects"
         raise ValueError(
-            f"{path} was refused by the safe loader: it holds objects outside the allow-list of tensors and numpy "
-            f"scalars, so it is not a LAION-CLAP checkpoint as released ({str(error).splitlines()[0]})"
+            f"{path} was refused by the safe loader: its pickle names {foreign}, outside the allow-list of tensors, "
+            "numpy scalars and dtypes, so it is not a LAION-CLAP checkpoint as released; nothing in it was run"
         ) from error
     except (RuntimeError, EOFError, OSError) as error:
         raise ValueError(f"{path} is not a PyTorch checkpoint ({error})") from error
@@ -408,19 +431,36 @@ def _tokenizer_dir(folder: Path) -> Path | None:
     return folder if any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json")) else None
 
 
-def _feature_extractor_for(config: LaionClapConfig):
-    from .processing.feature_extraction_laion_clap import LaionClapFeatureExtractor
+# The tokenizer each text tower LAION-CLAP trained with (LAION's code tokenises with these Hub ids).
+LAION_TOKENIZERS = {"roberta": "roberta-base", "bert": "bert-base-uncased"}
 
-    return LaionClapFeatureExtractor(truncation="fusion" if config.enable_fusion else "rand_trunc")
+
+def _missing_tokenizer_message(src: Path, config: LaionClapConfig) -> str:
+    text_type = config.text_config.model_type
+    suggestion = LAION_TOKENIZERS.get(text_type, "<the text tower's tokenizer>")
+    return (
+        f"{src} carries no tokenizer, and a model folder without one cannot embed text (no text search, zero-shot "
+        f"classification or Space): pass the tokenizer its {text_type} text tower was trained with (--tokenizer "
+        f"{suggestion}, a Hub id or a local folder), or --no-tokenizer to write an audio-only folder on purpose"
+    )
 
 
 def convert_checkpoint(
-    src: str | Path, dst: str | Path, tokenizer: str | Path | None = None, to: str = "clapforge"
+    src: str | Path,
+    dst: str | Path,
+    tokenizer: str | Path | None = None,
+    to: str = "clapforge",
+    no_tokenizer: bool = False,
 ) -> ConversionReport:
     """Write a Hub-ready folder at `dst` from `src` (LAION `.pt`, transformers CLAP folder, or, with
     `to="transformers"`, a clapforge folder or any of the former) and return what was dropped.
+
+    The tokenizer comes from `tokenizer`, or from a source folder that holds one. Without either the conversion is
+    refused before anything is written, unless `no_tokenizer=True` asks for an audio-only folder.
     """
     from transformers import AutoTokenizer
+
+    from .processing.feature_extraction_laion_clap import LaionClapFeatureExtractor
 
     src, dst = Path(src), Path(dst)
     if to not in ("clapforge", "transformers"):
@@ -434,14 +474,18 @@ def convert_checkpoint(
         report, tokenizer_dir = ConversionReport(str(src), "clapforge", model.config.to_dict()), _tokenizer_dir(src)
     else:
         model, report, tokenizer_dir = load_source(src)
+    if to == "transformers":
+        clapforge_to_transformers_config(model.config)  # refuses what transformers' ClapModel cannot hold, first
     tokenizer_source = tokenizer if tokenizer is not None else tokenizer_dir
+    if tokenizer_source is None and not no_tokenizer:
+        raise ValueError(_missing_tokenizer_message(src, model.config))
     tok = AutoTokenizer.from_pretrained(str(tokenizer_source)) if tokenizer_source is not None else None
     dst.mkdir(parents=True, exist_ok=True)
     if to == "transformers":
         _write_transformers_folder(model, dst, tok)
     else:
         model.save_pretrained(dst)
-        feature_extractor = _feature_extractor_for(model.config)
+        feature_extractor = LaionClapFeatureExtractor.for_model_config(model.config)
         if tok is not None:
             from .processing.processing_laion_clap import LaionClapProcessor
 

@@ -107,6 +107,15 @@ def _build_audio_config(audio_config: Any) -> PreTrainedConfig:
     return AUDIO_CONFIG_CLASSES[model_type](**audio_config)
 
 
+def _stated_fusion(audio_config: Any) -> bool | None:
+    """The fusion switch an audio config states explicitly, or None when it leaves it to the default."""
+    if isinstance(audio_config, PreTrainedConfig):
+        return audio_config.enable_fusion
+    if isinstance(audio_config, dict):
+        return audio_config.get("enable_fusion")
+    return None
+
+
 class LaionClapConfig(PreTrainedConfig):
     """The joint audio-text model: an audio encoder, any transformers text encoder, two projection MLPs."""
 
@@ -118,17 +127,35 @@ class LaionClapConfig(PreTrainedConfig):
     projection_dim: int = 512
     projection_hidden_act: str = "relu"
     text_pooling: str = "pooler"
-    enable_fusion: bool = False
     logit_scale_init_value: float = 1 / 0.07
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs: Any) -> None:
+        # Fusion is a property of the audio encoder, so `audio_config.enable_fusion` is its one home. A top-level
+        # `enable_fusion` (configs written before it moved, `create_model(..., enable_fusion=True)`) sets it, and
+        # contradicting an audio config that states the opposite is an error, never a silent choice.
+        fusion = kwargs.pop("enable_fusion", None)
+        stated = _stated_fusion(self.audio_config)
         self.audio_config = _build_audio_config(self.audio_config)
-        # The top-level switch owns fusion; the encoder only reads its own sub-config.
-        self.audio_config.enable_fusion = self.enable_fusion
+        if fusion is not None:
+            if stated is not None and bool(stated) != bool(fusion):
+                raise ValueError(
+                    f"LaionClapConfig: enable_fusion={fusion} contradicts audio_config.enable_fusion={stated}; "
+                    "fusion is set in audio_config only"
+                )
+            self.audio_config.enable_fusion = bool(fusion)
         if self.text_pooling not in TEXT_POOLING_RULES:
             raise ValueError(f"text_pooling {self.text_pooling!r} is not one of {TEXT_POOLING_RULES}")
         super().__post_init__(**kwargs)
+
+    @property
+    def enable_fusion(self) -> bool:
+        """Whether the audio encoder merges the 4-channel fusion input (read from, and written to, audio_config)."""
+        return self.audio_config.enable_fusion
+
+    @enable_fusion.setter
+    def enable_fusion(self, value: bool) -> None:
+        self.audio_config.enable_fusion = bool(value)
 
     @property
     def sub_configs(self) -> dict:

@@ -1,6 +1,7 @@
-"""Attentional feature fusion (AFF, Dai et al. 2021) in its 2-D form, as LAION-CLAP's `aff_2d` uses it.
+"""Attentional feature fusion (AFF, Dai et al. 2021) in its 2-D form, as LAION-CLAP's `aff_2d` uses it, and the check
+that an audio encoder gets the kind of features its fusion switch needs.
 
-Shapes: B batch, C channels, H/W the two spatial axes of a feature map.
+Shapes: B batch, C channels, H/W the two spatial axes of a feature map, T frames, F mel bins.
 """
 
 import torch
@@ -44,3 +45,29 @@ class AttentionalFeatureFusion(nn.Module):
         # The factor 2 is LAION's (and transformers'): both branches are scaled so weight=0.5 is an identity sum.
         fused = 2 * x * weight + 2 * residual * (1 - weight)
         return fused[:1] if single else fused
+
+
+# The feature extractor's two modes, by the channel count of the features they make.
+FEATURE_MODES = {4: "fusion", 1: "rand_trunc"}
+
+
+def longer_clips(
+    input_features: torch.Tensor, is_longer: torch.Tensor | None, enable_fusion: bool
+) -> torch.Tensor | None:
+    """input_features: (B, C, T, F), is_longer: (B, 1) -> the (B,) bool mask of clips whose crops are fused, or None.
+
+    Refuses features of the other mode: a fused model given 1-channel `rand_trunc` features (Slaney mel, one view)
+    would otherwise run as an unfused model on the wrong mel scale and return wrong embeddings without a word.
+    """
+    expected = 4 if enable_fusion else 1
+    got = input_features.shape[1]
+    if got != expected:
+        raise ValueError(
+            f"this model was built {'with' if enable_fusion else 'without'} fusion (enable_fusion={enable_fusion}) "
+            f"and takes {expected}-channel '{FEATURE_MODES[expected]}' features, but got {got}-channel input_features "
+            f"({repr(FEATURE_MODES[got]) + ' features' if got in FEATURE_MODES else 'neither mode'}): use the "
+            "processor saved with the model, or LaionClapFeatureExtractor.for_model_config(model.config)"
+        )
+    if not enable_fusion or is_longer is None:
+        return None
+    return is_longer.reshape(-1).to(device=input_features.device, dtype=torch.bool)

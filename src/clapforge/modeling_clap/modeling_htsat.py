@@ -14,7 +14,7 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .configuration_laion_clap import HtsatConfig
-from .modeling_fusion import AttentionalFeatureFusion
+from .modeling_fusion import AttentionalFeatureFusion, longer_clips
 
 # Swin's shifted-window mask value: large enough to zero a softmax weight, small enough to stay finite in fp16.
 SHIFT_MASK_VALUE = -100.0
@@ -313,17 +313,9 @@ class HtsatAudioEncoder(nn.Module):
             raise ValueError(
                 f"input_features must be (batch, channels, frames, mel_bins), got {tuple(input_features.shape)}"
             )
-        channels = input_features.shape[1]
-        if channels == 4 and not self.config.enable_fusion:
-            raise ValueError(
-                "this model was built without fusion but got 4-channel (fusion) input_features; "
-                "use a feature extractor with truncation='rand_trunc'"
-            )
+        longer = longer_clips(input_features, is_longer, self.config.enable_fusion)  # (B,) or None
         # BatchNorm over mel bins: put F in the channel slot, then back.
         x = self.bn0(input_features.transpose(1, 3)).transpose(1, 3)  # (B, C, T, F)
-        longer = None
-        if channels == 4 and is_longer is not None:
-            longer = is_longer.reshape(-1).to(device=x.device, dtype=torch.bool)
         x = self.patch_embed(self.mel_to_image(x), longer)  # (B, N, D)
         for stage in self.layers:
             x = stage(x)

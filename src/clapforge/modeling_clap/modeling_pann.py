@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import initialization as init
 
 from .configuration_laion_clap import PannConfig
-from .modeling_fusion import AttentionalFeatureFusion
+from .modeling_fusion import AttentionalFeatureFusion, longer_clips
 
 # Fusion's local branch (LAION's `mel_conv2d`): the three crops lie side by side in time after it, so it strides 3x
 # further in time than conv_block1's 2x2 pooling, and 2x in frequency like that pooling.
@@ -128,17 +128,13 @@ class PannAudioEncoder(nn.Module):
                 f"input_features must be (batch, channels, frames, {self.config.num_mel_bins} mel bins), "
                 f"got {tuple(input_features.shape)}"
             )
-        channels = input_features.shape[1]
-        if channels == 4 and not self.config.enable_fusion:
-            raise ValueError("this model was built without fusion but got 4-channel (fusion) input_features; "
-                             "use a feature extractor with truncation='rand_trunc'")
+        longer = longer_clips(input_features, is_longer, self.config.enable_fusion)  # (B,) or None
         # BatchNorm over mel bins, as LAION: F goes to the channel slot (with fusion, all 4 views share the stats).
         x = self.bn0(input_features.transpose(1, 3)).transpose(1, 3)  # (B, C, T, F)
         hidden = self._run_block(self.conv_block1, x[:, :1])  # (B, C, T/2, F/2)
         # Unlike LAION's Cnn14, which marks a random clip "longer" whenever none is (even in eval), no clip is ever
         # picked at random: an embedding depends only on its own input, not on the rest of the batch.
-        if channels == 4 and is_longer is not None:
-            longer = is_longer.reshape(-1).to(device=x.device, dtype=torch.bool)
+        if longer is not None:
             hidden = self._fuse_local_crops(hidden, x[:, 1:], longer)
         hidden = F.dropout(hidden, p=self.config.dropout, training=self.training)
         for block in self.conv_blocks[1:]:

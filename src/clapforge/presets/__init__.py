@@ -32,10 +32,13 @@ def _merge(base: dict, overrides: dict) -> dict:
 def load_preset_config(name: str, **overrides: Any) -> LaionClapConfig:
     """The preset's config with `overrides` applied; a dict for `audio_config`/`text_config` updates those keys only.
 
-    Switching `enable_fusion` also switches the preset's feature extractor when built with `create_feature_extractor`.
+    A top-level `enable_fusion=...` is shorthand for `audio_config={"enable_fusion": ...}` (fusion's one home), and
+    `create_feature_extractor` follows it.
     """
     config_dict = json.loads((preset_dir(name) / "config.json").read_text())
     config_dict.pop("model_type", None)
+    if "enable_fusion" in overrides:
+        overrides = _merge(overrides, {"audio_config": {"enable_fusion": overrides.pop("enable_fusion")}})
     return LaionClapConfig(**_merge(config_dict, overrides))
 
 
@@ -46,10 +49,15 @@ def create_model(name: str, **overrides: Any):
     return LaionClapModel(load_preset_config(name, **overrides))
 
 
-def create_feature_extractor(name: str, **overrides: Any):
-    """The preset's `LaionClapFeatureExtractor` (rand_trunc for unfused presets, fusion for fused ones)."""
+def create_feature_extractor(name: str, config: LaionClapConfig | None = None, **settings: Any):
+    """The `LaionClapFeatureExtractor` of a preset: its `preprocessor_config.json` settings (and `settings`), in the
+    mode the model config's fusion switch selects (`config`, e.g. `model.config`, or else the preset's own config).
+
+    The preset's files never state the mode: a fused model gets `fusion` features, any other `rand_trunc` ones.
+    """
     from ..processing.feature_extraction_laion_clap import LaionClapFeatureExtractor
 
-    kwargs = json.loads((preset_dir(name) / "preprocessor_config.json").read_text())
-    kwargs.pop("feature_extractor_type", None)
-    return LaionClapFeatureExtractor(**{**kwargs, **overrides})
+    preset_settings = json.loads((preset_dir(name) / "preprocessor_config.json").read_text())
+    preset_settings.pop("feature_extractor_type", None)
+    config = config if config is not None else load_preset_config(name)
+    return LaionClapFeatureExtractor.for_model_config(config, **{**preset_settings, **settings})

@@ -125,6 +125,26 @@ class LaionClapFeatureExtractor(SequenceFeatureExtractor):
         self.mel_filters_slaney = _slaney_mel_filters(**fbank_args).float()  # (K, F)
         self.window = torch.hann_window(fft_window_size, periodic=True)  # (W,)
 
+    @classmethod
+    def for_model_config(cls, config: Any, **settings: Any) -> LaionClapFeatureExtractor:
+        """The extractor a model with this `LaionClapConfig` expects: its mode and mel bins are derived from the config.
+
+        A fused model (`config.enable_fusion`) takes 4-channel `fusion` features (HTK mel), any other model 1-channel
+        `rand_trunc` features (Slaney mel). `settings` give everything else (sampling rate, clip length, padding...); a
+        `truncation` or `feature_size` that contradicts the config is an error, not a choice.
+        """
+        derived = {
+            "truncation": "fusion" if config.enable_fusion else "rand_trunc",
+            "feature_size": config.audio_config.num_mel_bins,
+        }
+        for key, value in derived.items():
+            if settings.get(key, value) != value:
+                raise ValueError(
+                    f"{key}={settings[key]!r} contradicts the model config, whose features need {key}={value!r} "
+                    f"(enable_fusion={config.enable_fusion}, num_mel_bins={config.audio_config.num_mel_bins})"
+                )
+        return cls(**{**settings, **derived})
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON-serialisable configuration: filter banks, window and derived sizes are recomputed on load."""
         output = super().to_dict()

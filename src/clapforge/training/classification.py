@@ -121,7 +121,7 @@ class ClassificationObjective:
         if cfg.freeze_encoder:
             model.freeze_encoder()
         model.train()
-        return model, create_feature_extractor(recipe.preset), pretrained
+        return model, create_feature_extractor(recipe.preset, model.config), pretrained
 
     def stream(self, source: str, split: str, *, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1):
         return stream_labelled(self.cfg.reader, source, split, shuffle=shuffle, seed=seed, rank=rank,

@@ -91,5 +91,5 @@ def build_model(recipe: Recipe) -> tuple[LaionClapModel, LaionClapProcessor, tup
     if tokenizer_source is None:
         raise RecipeError("tokenizer: no tokenizer given and no pretrained text tower to take it from")
     tokenizer = AutoTokenizer.from_pretrained(resolve_text_source(tokenizer_source))
-    processor = LaionClapProcessor(create_feature_extractor(recipe.preset), tokenizer)
+    processor = LaionClapProcessor(create_feature_extractor(recipe.preset, model.config), tokenizer)
     return model, processor, pretrained
