@@ -24,6 +24,12 @@ Routes (repo_type is models, datasets or spaces; `{repo}` is `namespace/name`; `
     GET|POST|DELETE /api/spaces/{repo}/variables   the Space's variables (also set by create_repo's `variables`)
     HEAD|GET /[{type}s/]{repo}/resolve/{rev}/{path}  X-Repo-Commit, ETag, Content-Length; Range; 404 X-Error-Code
 
+Streaming a dataset repo through `hf://datasets/...` (HfFileSystem) or `datasets.load_dataset(id, streaming=True)`
+uses the info, tree and ranged resolve routes (and HEADs of optional files such as README.md, which may be 404s).
+Those clients can also run in-process, with huggingface_hub's and datasets' import-time settings patched (see the
+`hub` fixture of tests/test_stream_hub.py). `cut_downloads` makes chosen downloads stop short of the Content-Length
+they announce, as a dropped connection does.
+
 Repos live as folders, `<root>/<type>s/<namespace>/<name>/files/`, with `meta.json` beside `files/` holding the
 commit history; a commit's sha is derived from a server-wide commit counter. Only the head commit's files are kept,
 so `{rev}` may be "main" or the head sha. Writes need an `Authorization: Bearer` header (any token); private repos
@@ -138,6 +144,9 @@ class HubServer:
         self.requests: list[Request] = []
         self.unknown: list[str] = []
         self._lock = threading.RLock()
+        # Test hook imitating a connection that drops mid-download: "<type>s/<namespace>/<name>/<path>" -> n. A GET of
+        # that file announces the full Content-Length, sends only the file's bytes before offset n, then closes.
+        self.cut_downloads: dict[str, int] = {}
         # commits so far (a root may be served again): part of every new sha, so shas never repeat
         self._commits = sum(len(json.loads(m.read_text())["commits"]) for m in self.root.glob("*/*/*/meta.json"))
         self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
@@ -532,11 +541,29 @@ class _Handler(BaseHTTPRequestHandler):
         range_match = re.match(r"bytes=(\d+)-(\d*)$", self.headers.get("Range", ""))
         if range_match and method == "GET":
             start = int(range_match.group(1))
-            end = int(range_match.group(2)) if range_match.group(2) else len(data) - 1
+            end = min(int(range_match.group(2)) if range_match.group(2) else len(data) - 1, len(data) - 1)
+            if start >= len(data):
+                raise HubError(416, f"Range Not Satisfiable: {self.headers['Range']}")
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
             data, status = data[start : end + 1], 206
-        self._send(status, data, headers, method)
+        else:
+            start = 0
+        cut = self.hub.cut_downloads.get(f"{type or 'models'}/{ns}/{name}/{path}")
+        if cut is not None and method == "GET":
+            self._send_cut(status, data, headers, max(0, cut - start))
+        else:
+            self._send(status, data, headers, method)
         return status
+
+    def _send_cut(self, status: int, body: bytes, headers: dict[str, str], sent: int) -> None:
+        """Announce all of `body`, send its first `sent` bytes, and close the connection (see `cut_downloads`)."""
+        self.send_response(status)
+        for key, value in {**headers, "Content-Length": str(len(body))}.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body[:sent])
+        self.wfile.flush()
+        self.close_connection = True
 
 
 @contextlib.contextmanager

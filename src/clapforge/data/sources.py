@@ -18,7 +18,7 @@ import os
 import tarfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 AUDIO_EXTENSIONS = ("flac", "wav", "mp3", "ogg", "opus", "m4a", "aac", "webm")
@@ -51,8 +51,9 @@ def resolve_source(source: str | os.PathLike | list, split: str, columns: Mappin
     """The tar shard URLs of a webdataset source (sorted), or a `DatasetsSource`.
 
     Tar shards: a `.tar` path, a glob, a list of those, a folder holding `<split>/*.tar` (the `prepare`/`synth` layout)
-    or `*.tar`, or `hf://` URLs. Anything else (a Hub id, a parquet file or glob, a folder of audio with
-    metadata.csv, or an explicit `columns` mapping) is a `datasets` source loaded with `load_dataset(streaming=True)`.
+    or `*.tar`, local or remote (`hf://datasets/ns/name`, `hf://datasets/ns/name/train/*.tar`). Anything else (a Hub
+    id, a parquet file or glob, a folder of audio with metadata.csv, or an explicit `columns` mapping) is a `datasets`
+    source loaded with `load_dataset(streaming=True)`.
     """
     sources = [os.fspath(s) for s in source] if isinstance(source, list | tuple) else [os.fspath(source)]
     if columns is None and all(_looks_like_tar(s) for s in sources):
@@ -74,8 +75,26 @@ def resolve_source(source: str | os.PathLike | list, split: str, columns: Mappin
 def _looks_like_tar(source: str) -> bool:
     if source.endswith(".tar"):
         return True
+    if _may_be_remote_folder(source):
+        return bool(_remote_files(source, "*.tar") or _remote_files(source, "*/*.tar"))
     path = Path(source)
     return path.is_dir() and (any(path.glob("*.tar")) or any(path.glob("*/*.tar")))
+
+
+def _may_be_remote_folder(source: str) -> bool:
+    # A remote folder in the prepare/synth layout (e.g. hf://datasets/ns/name after `upload_folder`) streams like a
+    # local one. Only URLs without a file extension or glob are probed, so a remote parquet file costs no listing.
+    return "://" in source and not any(c in source for c in "*?[") and not PurePosixPath(source).suffix
+
+
+def _remote_files(folder: str, pattern: str) -> list[str]:
+    """URLs of the files matching `pattern` in a remote folder ([] when there are none or it is not a folder)."""
+    from datasets.data_files import resolve_pattern
+
+    try:
+        return resolve_pattern(f"{folder.rstrip('/')}/{pattern}", base_path="")
+    except FileNotFoundError:
+        return []
 
 
 def _has_audio_files(folder: Path) -> bool:
@@ -85,9 +104,11 @@ def _has_audio_files(folder: Path) -> bool:
 def _tar_urls(sources: list[str], split: str) -> list[str]:
     urls: list[str] = []
     for source in sources:
-        if source.startswith("hf://") or "://" in source:
+        if _may_be_remote_folder(source):
+            urls += _remote_files(source, f"{split}/*.tar") or _remote_files(source, "*.tar")
+        elif "://" in source:
             # Remote shards are resolved by datasets' own pattern matching (globs included) and read with fsspec
-            # (huggingface_hub registers the hf:// file system). Not exercised by the offline tests.
+            # (huggingface_hub registers the hf:// file system); tests/test_stream_hub.py serves them.
             from datasets.data_files import resolve_pattern
 
             urls += resolve_pattern(source, base_path="") if any(c in source for c in "*?[") else [source]
@@ -109,10 +130,44 @@ def _tar_urls(sources: list[str], split: str) -> list[str]:
 
 def _open(url: str):
     if "://" in url:
+        return _RemoteFile(url)
+    return open(url, "rb")
+
+
+class _RemoteFile:
+    """A remote file (fsspec) opened for reading, whose failures to open or read are all OSErrors.
+
+    fsspec file systems raise their HTTP client's own exceptions, which are not OSErrors: huggingface_hub's hf://
+    raises httpx2.RemoteProtocolError when a download stops short of its Content-Length (after its own retries).
+    The readers skip and count an unreadable shard or audio file by catching OSError (a local file's failures), so
+    a remote failure becomes one here, where the bytes are read, instead of ending the stream.
+    """
+
+    def __init__(self, url: str) -> None:
         import fsspec
 
-        return fsspec.open(url, "rb").open()
-    return open(url, "rb")
+        self.url = url
+        self._file = self._io(lambda: fsspec.open(url, "rb").open())
+
+    def _io(self, call):
+        try:
+            return call()
+        except OSError:
+            raise
+        except Exception as error:  # only the file system's own code runs here
+            raise OSError(f"reading {self.url} failed: {type(error).__name__}: {error}") from error
+
+    def read(self, size: int = -1) -> bytes:
+        return self._io(lambda: self._file.read(size))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> _RemoteFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _split_member_name(name: str) -> tuple[str, str]:
