@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import atomic_write_json, commit_file
 
 SAMPLE_RATE: int = 48000
 SIZES_FILE = "sizes.json"
@@ -84,17 +85,6 @@ def decode_audio(source: bytes | str | Path, sample_rate: int = SAMPLE_RATE) -> 
     # Mono needs no reduction, and a mean over one channel costs ~50x a view with 2 torch threads.
     mono = samples[0] if samples.shape[0] == 1 else samples.mean(dim=0)  # (T,)
     return mono.numpy().astype(np.float32, copy=False)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    """Write `obj` as JSON to `path` so that readers (and a crash) only ever see the old or the new file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_sizes(split_dir: Path) -> dict[str, int]:
@@ -208,12 +198,9 @@ class ShardWriter:
     def _finish(self) -> None:
         self._tar.close()
         self._tar = None
-        tmp = self._tmp_path()
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())  # the data must be on disk before the rename makes it visible as complete
         if self.on_complete is not None:
             self.on_complete(self.shard_name, list(self._keys))
-        os.replace(tmp, self.out_dir / self.shard_name)
+        commit_file(self._tmp_path(), self.out_dir / self.shard_name)
         self.written[self.shard_name] = len(self._keys)
         self._keys = []
         self.index += 1

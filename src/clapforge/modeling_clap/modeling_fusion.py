@@ -1,10 +1,12 @@
 """Attentional feature fusion (AFF, Dai et al. 2021) in its 2-D form, as LAION-CLAP's `aff_2d` uses it, and the check
 that an audio encoder gets the kind of features its fusion switch needs.
 
-Shapes: B batch, C channels, H/W the two spatial axes of a feature map, T frames, F mel bins.
+Shapes: B batch, C channels, H/W the two spatial axes of a feature map, T frames, F mel bins, b the longer clips of
+a batch, X/Y the two axes of a local crop.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -71,3 +73,33 @@ def longer_clips(
     if not enable_fusion or is_longer is None:
         return None
     return is_longer.reshape(-1).to(device=input_features.device, dtype=torch.bool)
+
+
+# Its shapes depend on how many clips are longer, so under torch.compile it runs eagerly between two graphs (dynamo
+# would otherwise break the graph at `longer.any()` and log a warning that suggests a wrong fix).
+@torch.compiler.disable
+def fuse_local_crops(
+    global_map: torch.Tensor,
+    crops: torch.Tensor,
+    longer: torch.Tensor,
+    local_branch: nn.Module,
+    fusion_model: AttentionalFeatureFusion,
+    time_dim: int,
+) -> torch.Tensor:
+    """global_map: (B, C, H, W), crops: (B, 3, X, Y), longer: (B,) -> (B, C, H, W): LAION's fusion step, shared by
+    HTS-AT (after its patch embedding) and PANN (after conv_block1).
+
+    The three local crops (front, middle, back) of each longer clip go through `local_branch` one by one, are laid
+    side by side along the map's time axis `time_dim`, zero-padded (or cut) to the global map's length as LAION does,
+    and merged into that clip's global map by `fusion_model`. Shorter clips keep their global map untouched.
+    """
+    if not longer.any():
+        return global_map
+    local = crops[longer]  # (b, 3, X, Y)
+    b, n = local.shape[:2]
+    local = local_branch(local.flatten(0, 1).unsqueeze(1)).unflatten(0, (b, n))  # (b, 3, C, h, w)
+    local = torch.cat(local.unbind(1), dim=time_dim)  # (b, C, H, 3w) or (b, C, 3h, W): front, middle, back
+    missing = global_map.shape[time_dim] - local.shape[time_dim]
+    local = F.pad(local, [0, 0] * (local.ndim - 1 - time_dim) + [0, missing])  # (b, C, H, W)
+    fused = fusion_model(global_map[longer], local)
+    return global_map.index_put((longer.nonzero()[:, 0],), fused)

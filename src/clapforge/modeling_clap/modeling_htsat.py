@@ -14,7 +14,7 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .configuration_laion_clap import HtsatConfig
-from .modeling_fusion import AttentionalFeatureFusion, longer_clips
+from .modeling_fusion import AttentionalFeatureFusion, fuse_local_crops, longer_clips
 
 # Swin's shifted-window mask value: large enough to zero a softmax weight, small enough to stay finite in fp16.
 SHIFT_MASK_VALUE = -100.0
@@ -229,23 +229,9 @@ class PatchEmbed(nn.Module):
         """image: (B, C, S, S), longer: (B,) bool or None -> (B, N, D)."""
         tokens = self.proj(image[:, :1])  # (B, D, H, W)
         if self.fusion and longer is not None:
-            tokens = self._fuse_local_crops(tokens, image, longer)
+            # The image's time axis is its last: the crops' patches sit side by side along W.
+            tokens = fuse_local_crops(tokens, image[:, 1:], longer, self.mel_conv2d, self.fusion_model, time_dim=3)
         return self.norm(tokens.flatten(2).transpose(1, 2))  # (B, N, D)
-
-    # Its shapes depend on how many clips are longer, so under torch.compile it runs eagerly between two graphs
-    # (dynamo would otherwise break the graph at `longer.any()` and log a warning that suggests a wrong fix).
-    @torch.compiler.disable
-    def _fuse_local_crops(self, tokens: torch.Tensor, image: torch.Tensor, longer: torch.Tensor) -> torch.Tensor:
-        if not longer.any():
-            return tokens
-        local = image[longer, 1:]  # (b, 3, S, S)
-        b, crops, s, _ = local.shape
-        local = self.mel_conv2d(local.reshape(b * crops, 1, s, s))  # (b*3, D, H, W/3)
-        local = local.view(b, crops, *local.shape[1:]).permute(0, 2, 3, 1, 4).flatten(3)  # (b, D, H, 3*(W/3))
-        width = tokens.shape[-1]
-        local = F.pad(local, (0, width - local.shape[-1]))  # (b, D, H, W): pads (or crops) to the global width
-        fused = self.fusion_model(tokens[longer], local)
-        return tokens.index_put((longer.nonzero()[:, 0],), fused)
 
 
 class HtsatAudioEncoder(nn.Module):

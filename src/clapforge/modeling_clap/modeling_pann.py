@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import initialization as init
 
 from .configuration_laion_clap import PannConfig
-from .modeling_fusion import AttentionalFeatureFusion, longer_clips
+from .modeling_fusion import AttentionalFeatureFusion, fuse_local_crops, longer_clips
 
 # Fusion's local branch (LAION's `mel_conv2d`): the three crops lie side by side in time after it, so it strides 3x
 # further in time than conv_block1's 2x2 pooling, and 2x in frequency like that pooling.
@@ -135,7 +135,7 @@ class PannAudioEncoder(nn.Module):
         # Unlike LAION's Cnn14, which marks a random clip "longer" whenever none is (even in eval), no clip is ever
         # picked at random: an embedding depends only on its own input, not on the rest of the batch.
         if longer is not None:
-            hidden = self._fuse_local_crops(hidden, x[:, 1:], longer)
+            hidden = fuse_local_crops(hidden, x[:, 1:], longer, self.mel_conv2d, self.fusion_model, time_dim=2)
         hidden = F.dropout(hidden, p=self.config.dropout, training=self.training)
         for block in self.conv_blocks[1:]:
             hidden = self._run_block(block, hidden)
@@ -145,22 +145,6 @@ class PannAudioEncoder(nn.Module):
         pooled = F.dropout(pooled, p=self.config.head_dropout, training=self.training)
         pooled = F.relu(self.fc1(pooled))
         return F.dropout(pooled, p=self.config.head_dropout, training=self.training)
-
-    # Its shapes depend on how many clips are longer, so under torch.compile it runs eagerly between two graphs
-    # (dynamo would otherwise break the graph at `longer.any()` and log a warning that suggests a wrong fix).
-    @torch.compiler.disable
-    def _fuse_local_crops(self, hidden: torch.Tensor, crops: torch.Tensor, longer: torch.Tensor) -> torch.Tensor:
-        """Merges the three local crops of the longer clips into conv_block1's output of their global view."""
-        if not longer.any():
-            return hidden
-        local = crops[longer]  # (b, 3, T, F)
-        b, n, t, f = local.shape
-        local = self.mel_conv2d(local.reshape(b * n, 1, t, f))  # (b*3, C, T/6, F/2)
-        local = local.view(b, n, *local.shape[1:]).transpose(1, 2).flatten(2, 3)  # (b, C, 3*(T/6), F/2)
-        # Crops side by side in time: zero-pad (or crop) to the global map's frames, as LAION does.
-        local = F.pad(local, (0, 0, 0, hidden.shape[2] - local.shape[2]))  # (b, C, T/2, F/2)
-        fused = self.fusion_model(hidden[longer], local)
-        return hidden.index_put((longer.nonzero()[:, 0],), fused)
 
 
 def init_pann_weights(module: nn.Module) -> None:

@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import atomic_path, atomic_write_json
 from ..data.prepare import AUDIO_EXTENSIONS
-from ..data.shards import atomic_write_json, decode_audio
+from ..data.shards import decode_audio
 from ..evaluation.evaluate import audio_embeds, compile_audio_tower
 from .index import EmbeddingIndex, check_format, read_index, write_index
 from .windows import split_windows
@@ -241,11 +242,8 @@ def _write_part(path: Path, rows: list[dict[str, Any]]) -> None:
         "window_end": pa.array([r.get("window_end", []) for r in rows], type=pa.list_(pa.float64())),
         "window_embeddings": pa.array([r.get("window_embeddings", []) for r in rows], type=pa.list_(f32)),
     })
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def _merge_parts(parts_dir: Path, n_parts: int, metadata: dict[str, Any], window: bool):

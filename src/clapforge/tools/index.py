@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import atomic_path
+
 FORMATS = (".parquet", ".safetensors")
 METADATA_KEY = "clapforge"
 
@@ -56,12 +58,11 @@ def write_index(index: EmbeddingIndex, path: str | os.PathLike) -> None:
     """Write `index` to `path` (format from the suffix) through a temporary file and an atomic rename."""
     path = Path(path)
     suffix = check_format(path)
-    tmp = path.with_name(path.name + ".tmp")
-    if suffix == ".parquet":
-        _write_parquet(index, tmp)
-    else:
-        _write_safetensors(index, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if suffix == ".parquet":
+            _write_parquet(index, tmp)
+        else:
+            _write_safetensors(index, tmp)
 
 
 def read_index(path: str | os.PathLike) -> EmbeddingIndex:
