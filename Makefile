@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install ffmpeg chromium test lint demo space bench clean
+.PHONY: install ffmpeg chromium test test-fast lint demo space bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,6 +26,10 @@ test: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q -n 2
 
+# The inner loop: everything but the tests marked slow (full-size models, compile, browser, two processes, demo, wheel).
+test-fast: install
+	$(PY) -m pytest -q -n 2 -m "not slow"
+
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
@@ -37,8 +41,9 @@ MODEL ?= runs/demo/hub
 space: install
 	MODEL=$(MODEL) $(PY) spaces_demo/app.py
 
+# Every benchmark in benchmarks/ (about 20 minutes); the figures go to benchmarks/RESULTS.md.
 bench: install
-	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

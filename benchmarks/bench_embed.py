@@ -32,8 +32,8 @@ from torchcodec.encoders import AudioEncoder
 import clapforge
 from clapforge.convert import to_transformers_model
 from clapforge.data.shards import decode_audio
-from clapforge.evaluation.evaluate import CPU_CLIPS_PER_CALL, audio_embeds, compile_audio_tower
-from clapforge.tools.api import feature_extractor_of, load_model
+from clapforge.inference.embedding import CPU_CLIPS_PER_CALL, audio_embeds, compile_audio_tower
+from clapforge.inference.loading import feature_extractor_of, load_model
 from clapforge.tools.embed import embed_files
 from clapforge.tools.index import read_index
 

@@ -43,6 +43,8 @@ HUB_CODE_FILES = {
     "modeling_pann.py",
     "modeling_fusion.py",
     "feature_extraction_laion_clap.py",
+    "audio_inputs_laion_clap.py",
+    "log_mel_laion_clap.py",
     "processing_laion_clap.py",
 }
 

@@ -16,11 +16,11 @@ import torch
 import yaml
 
 import clapforge
-from clapforge import LaionClapModel, LaionClapProcessor
+from clapforge import LaionClapModel, LaionClapProcessor, cli
+from clapforge.commands import evaluate as eval_command
+from clapforge.data.benchmark_sets import load_benchmark
 from clapforge.data.shards import decode_audio
-from clapforge.evaluation import cli as eval_cli
 from clapforge.evaluation import retrieval_metrics, zero_shot_accuracy
-from clapforge.evaluation.benchmarks import load_benchmark
 from clapforge.evaluation.tasks import markdown_table
 from conftest import make_tokenizer, randomize_, wav_bytes, write_csv, write_wav
 
@@ -214,7 +214,7 @@ def load_saved(model_dir):
 
 
 def run_cli(*args) -> int:
-    return eval_cli.main([*map(str, args), "--no-progress", "--num-workers", "0", "--batch-size", "32"])
+    return cli.main(["eval", *map(str, args), "--no-progress", "--num-workers", "0", "--batch-size", "32"])
 
 
 def test_eval_esc50_equals_direct_embeddings_and_metric_functions(model_dir, esc50, tmp_path, capsys):
@@ -273,8 +273,8 @@ def test_eval_fold_and_prompt_ensemble(model_dir, esc50, tmp_path):
 
 def test_unreadable_and_missing_files_are_skipped_and_counted(model_dir, us8k, tmp_path):
     out = tmp_path / "us8k.json"
-    assert eval_cli.main([str(model_dir), "--task", "urbansound8k", "--data", str(us8k), "--out", str(out),
-                          "--no-progress", "--num-workers", "2", "--batch-size", "3"]) == 0
+    assert cli.main(["eval", str(model_dir), "--task", "urbansound8k", "--data", str(us8k), "--out", str(out),
+                     "--no-progress", "--num-workers", "2", "--batch-size", "3"]) == 0
     results = json.loads(out.read_text())
     assert results["n"] == {"listed": 12, "clips": 10, "skipped": 2, "classes": 10}
     skipped = {s["key"]: s["reason"] for s in results["skipped"]}
@@ -296,8 +296,8 @@ def test_unreadable_and_missing_files_are_skipped_and_counted(model_dir, us8k, t
 def test_eval_datasets_source_with_workers(model_dir, tmp_path, datasets_cache):
     source = make_parquet(tmp_path)
     out = tmp_path / "vgg.json"
-    assert eval_cli.main([str(model_dir), "--task", "zero-shot", "--data", str(source), "--out", str(out),
-                          "--no-progress", "--num-workers", "2", "--batch-size", "8"]) == 0
+    assert cli.main(["eval", str(model_dir), "--task", "zero-shot", "--data", str(source), "--out", str(out),
+                     "--no-progress", "--num-workers", "2", "--batch-size", "8"]) == 0
     results = json.loads(out.read_text())
     assert results["n"]["clips"] == 8 and results["protocol"]["class_names"][0] == "dog_bark"
 
@@ -432,6 +432,6 @@ def test_markdown_table_combines_models_and_datasets():
 
 def test_register_adds_the_eval_command(model_dir, clotho):
     parser = argparse.ArgumentParser()
-    eval_cli.register(parser.add_subparsers(dest="command"))
+    eval_command.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["eval", str(model_dir), "--task", "clotho", "--data", str(clotho)])
-    assert args.run is eval_cli.run and args.map_variant == "sorted" and args.prompts is None
+    assert args.run is eval_command.run and args.map_variant == "sorted" and args.prompts is None

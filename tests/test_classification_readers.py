@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import clapforge
-from clapforge.evaluation.classification_readers import read_esc50_folds, read_fsd50k, stream_labelled
+from clapforge.data.labelled import read_esc50_folds, read_fsd50k, stream_labelled
 from clapforge.training.recipe import load_recipe
 from clapforge.training.train import train
 from conftest import write_csv, write_wav

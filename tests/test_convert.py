@@ -57,7 +57,7 @@ def embeddings_ours(model, features, is_longer, ids, mask):
 
 
 @pytest.mark.parametrize("fusion", [False, True], ids=["unfused", "fused"])
-@pytest.mark.parametrize("size", ["tiny", "default"])
+@pytest.mark.parametrize("size", ["tiny", pytest.param("default", marks=pytest.mark.slow)])  # default: 600 MB folders
 def test_transformers_folder_converts_with_parity(size, fusion, tmp_path):
     source = hf_model(size, fusion)
     source.save_pretrained(tmp_path / "hf")

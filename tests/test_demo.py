@@ -4,11 +4,14 @@ The figures of the full run are in benchmarks/RESULTS.md ("make demo"); this che
 
 import json
 
+import pytest
 import torch
 from transformers import AutoModel
 
 from clapforge.demo import format_table, run_demo
 from clapforge.training.weights import resolve_text_source
+
+pytestmark = pytest.mark.slow  # trains the demo model end to end (minutes)
 
 
 def test_demo_runs_end_to_end_and_exports_a_loadable_model(tmp_path, capsys):

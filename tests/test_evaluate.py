@@ -5,14 +5,8 @@ import torch
 
 import clapforge
 from clapforge import LaionClapProcessor
-from clapforge.evaluation import (
-    chance_levels,
-    embed_audio_batches,
-    embed_texts,
-    evaluate_clap,
-    retrieval_metrics,
-    zero_shot_accuracy,
-)
+from clapforge.evaluation import chance_levels, evaluate_clap, retrieval_metrics, zero_shot_accuracy
+from clapforge.inference.embedding import embed_audio_batches, embed_texts
 from conftest import make_tokenizer, tone
 
 CLASSES = ["dog", "rain", "siren", "bell", "car", "bird"]

@@ -9,7 +9,8 @@ import torchaudio
 import transformers.models.clap.feature_extraction_clap as hf_clap_module
 from transformers import ClapFeatureExtractor
 
-from clapforge.processing.feature_extraction_laion_clap import LaionClapFeatureExtractor, _slaney_mel_filters
+from clapforge.processing.feature_extraction_laion_clap import LaionClapFeatureExtractor
+from clapforge.processing.log_mel_laion_clap import slaney_mel_filters
 
 SR = 48000
 MAX = 480000
@@ -65,7 +66,7 @@ def test_filter_banks_match_laion():
 def test_slaney_bank_is_librosas_float64_bank(sr, n_fft, n_mels, fmin, fmax):
     """Built in float64 without touching torch's default dtype (another thread may be making tensors meanwhile)."""
     librosa = pytest.importorskip("librosa")
-    ours = _slaney_mel_filters(n_fft // 2 + 1, float(fmin), float(fmax), n_mels, sr)  # (F, K)
+    ours = slaney_mel_filters(n_fft // 2 + 1, float(fmin), float(fmax), n_mels, sr)  # (F, K)
     assert ours.dtype == torch.float64 and torch.get_default_dtype() == torch.float32
     expected = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, dtype=np.float64).T
     np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-12, atol=1e-15)

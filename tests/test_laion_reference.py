@@ -37,6 +37,8 @@ from clapforge import LaionClapModel
 from clapforge.convert import convert_checkpoint
 from conftest import NUMPY1_GLOBALS, rewrite_pickle_globals
 
+pytestmark = pytest.mark.slow  # full-size LAION models built with LAION's own code
+
 SR = 48000
 MAX_LEN = 480000  # LAION's 10 s at 48 kHz
 LAION_ROOT = Path(importlib.util.find_spec("laion_clap").submodule_search_locations[0])

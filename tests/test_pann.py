@@ -242,6 +242,7 @@ def test_fusion_longer_clip_depends_on_its_local_channels():
     torch.testing.assert_close(out[1], out_changed[1], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow  # torch.compile builds C++ kernels
 def test_compiled_fused_encoder_matches_eager_without_graph_break_warnings():
     """The fusion branch depends on which clips are longer: under torch.compile it runs eagerly between graphs."""
     model = small_encoder("cnn14", fusion=True)

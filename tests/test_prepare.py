@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clapforge import atomic
 from clapforge.data import prepare as prepare_module
-from clapforge.data import shards
-from clapforge.data.prepare import TEST_SLEEP_ENV, make_key, prepare
+from clapforge.data.prepare import prepare
+from clapforge.data.prepare_inputs import make_key
+from clapforge.data.prepare_pool import TEST_SLEEP_ENV
 from clapforge.data.shards import SAMPLE_RATE, decode_audio, encode_flac
 from conftest import tone
 
@@ -288,10 +290,10 @@ def test_resume_after_crash_between_journal_and_rename(many_files, tmp_path, mon
             raise KeyboardInterrupt("simulated kill after the journal record, before the shard's rename")
         real_replace(source, target)
 
-    monkeypatch.setattr(shards.os, "replace", crash_on_third_shard)
+    monkeypatch.setattr(atomic.os, "replace", crash_on_third_shard)
     with pytest.raises(KeyboardInterrupt):
         prepare(src, out, shard_size_mb=shard_size, workers=1, progress=False)
-    monkeypatch.setattr(shards.os, "replace", real_replace)
+    monkeypatch.setattr(atomic.os, "replace", real_replace)
     assert sorted(file_ids(out / "train")) == ["shard-00000.tar", "shard-00001.tar"]
     assert (out / ".prepare" / "train" / "shard-00002.json").exists()  # the uncommitted record a kill would leave
     finished = file_ids(out / "train")

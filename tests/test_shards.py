@@ -8,11 +8,11 @@ import wave
 import numpy as np
 import pytest
 
+from clapforge.atomic import atomic_write_json
 from clapforge.data.shards import (
     SAMPLE_RATE,
     EmptyAudioError,
     ShardWriter,
-    atomic_write_json,
     decode_audio,
     encode_flac,
     read_sizes,

@@ -52,6 +52,12 @@ def load_app_module():
     return module
 
 
+def test_space_prompt_is_clapforges_default():
+    from clapforge.inference.prompts import DEFAULT_PROMPT
+
+    assert load_app_module().DEFAULT_PROMPT == DEFAULT_PROMPT
+
+
 def build_model_folder(folder: Path, logit_scale: float | None = None) -> tuple[torch.nn.Module, object]:
     """A randomised test-tiny model with its processor, saved the way a Hub repo is; returns both, in memory.
 
@@ -140,6 +146,45 @@ def client(url: str):
     from gradio_client import Client
 
     return Client(url, verbose=False)
+
+
+def audio_only_folder(folder: Path) -> Path:
+    """What `clapforge convert x.pt out/ --no-tokenizer` writes: model and feature extractor, no tokenizer files."""
+    randomize_(clapforge.create_model("test-tiny")).save_pretrained(folder)
+    clapforge.create_feature_extractor("test-tiny").save_pretrained(folder)
+    return folder
+
+
+def assert_names_the_folder_and_the_fix(message: str, folder: Path) -> None:
+    assert "has no tokenizer" in message and f"MODEL={folder}" in message, message
+    assert "--tokenizer roberta-base" in message and "save_pretrained" in message, message
+
+
+def test_a_model_folder_without_a_tokenizer_is_refused_at_start(tmp_path):
+    """Here clapforge's processor class is registered, so transformers tries (and fails) to build a tokenizer."""
+    folder = audio_only_folder(tmp_path / "audio-only")
+    with pytest.raises(ValueError, match="has no tokenizer") as error:
+        load_app_module().build_demo(str(folder))
+    assert_names_the_folder_and_the_fix(str(error.value), folder)
+
+
+SPACE_WITHOUT_CLAPFORGE = """
+import importlib.util, sys
+sys.modules["clapforge"] = None  # as on a Space: AutoProcessor returns the bare feature extractor
+spec = importlib.util.spec_from_file_location("app", sys.argv[1])
+app = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(app)
+try:
+    app.build_demo(sys.argv[2])
+except ValueError as error:
+    print(error)
+"""
+
+
+def test_a_model_folder_without_a_tokenizer_is_refused_where_clapforge_is_absent(tmp_path):
+    folder = audio_only_folder(tmp_path / "audio-only")
+    done = run(SPACE_WITHOUT_CLAPFORGE, str(APP_DIR / "app.py"), str(folder), env=dict(os.environ))
+    assert_names_the_folder_and_the_fix(done.stdout, folder)
 
 
 def test_classification_matches_the_model_for_every_format(space):
@@ -295,8 +340,6 @@ def test_twenty_concurrent_clients_all_get_correct_answers(space):
 PUSH_SCRIPT = """
 import sys
 from clapforge import cli
-if "clapforge.push" not in cli.COMMAND_MODULES:  # until the command list names it
-    cli.COMMAND_MODULES.append("clapforge.push")
 sys.exit(cli.main(["push", *sys.argv[1:]]))
 """
 

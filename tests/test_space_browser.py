@@ -19,6 +19,8 @@ import soundfile
 from conftest import tone
 from test_space import PROMPT, build_model_folder, expected_probabilities, launch, load_app_module
 
+pytestmark = pytest.mark.slow  # drives the Space in headless Chromium
+
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_FLAGS = [
     "--headless",

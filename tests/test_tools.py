@@ -17,7 +17,7 @@ from torchcodec.encoders import AudioEncoder
 import clapforge
 from clapforge.cli import main as tools_main
 from clapforge.data.shards import decode_audio
-from clapforge.evaluation.evaluate import CPU_CLIPS_PER_CALL, audio_embeds, compile_audio_tower
+from clapforge.inference.embedding import CPU_CLIPS_PER_CALL, audio_embeds, compile_audio_tower
 from clapforge.tools import api
 from clapforge.tools.embed import TEST_SLEEP_ENV, embed_files
 from clapforge.tools.index import read_index
@@ -348,6 +348,7 @@ def test_cpu_chunks_give_the_embeddings_of_one_call(work):
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow  # torch.compile builds C++ kernels
 def test_embed_compile_matches_eager_with_one_graph(work, reference, capsys):
     """`clapforge embed --compile`: the eager embeddings, and no recompile for short chunks (they are padded)."""
     out, _ = reference
@@ -363,6 +364,7 @@ def test_embed_compile_matches_eager_with_one_graph(work, reference, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # torch.compile builds C++ kernels
 def test_compiled_fused_tower_matches_eager_on_mixed_lengths(tiny_fused_model):
     """A fused model compiles too (its fusion branch depends on the data, so it runs eagerly between graphs) and
     matches eager on long and short clips, without dynamo warning about graph breaks."""

@@ -22,6 +22,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+import clapforge.training.contrastive as contrastive_module
 import clapforge.training.train as train_module
 from clapforge.training.checkpoint import checkpoint_name, complete_checkpoints, resolve_resume, save_checkpoint
 from clapforge.training.recipe import RecipeError, load_recipe
@@ -343,14 +344,14 @@ def test_cli_reports_a_bad_recipe(corpus, tokenizer_dir, tmp_path):
 
 def test_nan_loss_stops_the_run(corpus, tokenizer_dir, tmp_path, monkeypatch):
     calls = []
-    real_loss = train_module.global_contrastive_loss
+    real_loss = contrastive_module.global_contrastive_loss
 
     def nan_at_step_4(*args, **kwargs):
         calls.append(1)
         loss = real_loss(*args, **kwargs)
         return loss * float("nan") if len(calls) == 4 else loss
 
-    monkeypatch.setattr(train_module, "global_contrastive_loss", nan_at_step_4)
+    monkeypatch.setattr(contrastive_module, "global_contrastive_loss", nan_at_step_4)
     out = tmp_path / "out"
     recipe = recipe_for(corpus, tokenizer_dir, out, "train.batch_size=2", "train.max_steps=6", "checkpoint.every=2")
     with pytest.raises(TrainingDiverged) as error:

@@ -20,6 +20,8 @@ import torch
 import clapforge
 from clapforge.modeling_clap.modeling_laion_clap import contrastive_loss
 
+pytestmark = pytest.mark.slow  # launches two training processes
+
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_equivalence.py"
 BATCH, TEXT_LEN, WORLD = 8, 12, 2
 TOL = dict(rtol=1e-5, atol=1e-5)

@@ -17,7 +17,6 @@ demo uses every core, or one when the 1-minute load average is already at the co
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -25,9 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .resources import recipe_path
+
 DEFAULT_OUT = "runs/demo"
 DEFAULT_CLIPS = 2000
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml"
+RECIPE = recipe_path("demo")  # shipped in the package: the demo runs from a plain `pip install`
 GOALS = {"total_s": 15 * 60, "zero_shot_top1": 0.80, "t2a_R@10_over_chance": 10.0}
 TABLE_ROWS = [
     ("text->audio R@1", "t2a_R@1"),
@@ -72,13 +73,11 @@ def held_out_examples(corpus: Path) -> tuple[list[dict], list[str]]:
 def evaluate_folder(folder: Path, corpus: Path, prompt: str, batch_size: int = 32) -> dict[str, float]:
     """Scores of the exported model folder on the test split (the folder as a user would load it)."""
     from .evaluation.evaluate import evaluate_clap
-    from .modeling_clap.modeling_laion_clap import LaionClapModel
-    from .processing.processing_laion_clap import LaionClapProcessor
+    from .inference.loading import load_model, tokenizer_of
 
-    model = LaionClapModel.from_pretrained(folder).eval()
-    processor = LaionClapProcessor.from_pretrained(folder)
+    model, processor = load_model(folder, device="cpu")
     examples, class_names = held_out_examples(corpus)
-    return evaluate_clap(model, processor, examples, class_names, prompt=prompt, batch_size=batch_size)
+    return evaluate_clap(model, tokenizer_of(processor), examples, class_names, prompt=prompt, batch_size=batch_size)
 
 
 def format_table(metrics: dict[str, float]) -> str:
@@ -178,38 +177,3 @@ def run_demo(
 
 def _yes(ok: bool) -> str:
     return "met" if ok else "MISSED"
-
-
-def _run(args: argparse.Namespace) -> int:
-    from .train import configure_logging
-
-    configure_logging()
-    run_demo(
-        args.out,
-        clips=args.clips,
-        seed=args.seed,
-        recipe=args.recipe,
-        overrides=args.overrides,
-        threads=args.threads,
-        resume=args.resume,
-    )
-    return 0
-
-
-def register(commands: argparse._SubParsersAction) -> None:
-    """Add `clapforge demo` to the CLI's sub-parsers."""
-    parser = commands.add_parser(
-        "demo",
-        help="the main job on the built-in default: synthesise a corpus, train a small CLAP on the CPU, evaluate",
-        description=__doc__.split("\n\n")[0],
-    )
-    parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    parser.add_argument(
-        "--clips", type=int, default=DEFAULT_CLIPS, help=f"corpus size when it is made (default {DEFAULT_CLIPS})"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
-    parser.add_argument("--recipe", default=str(RECIPE), help="training recipe (default recipes/demo.yaml)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores left free)")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value recipe overrides, e.g. train.max_steps=100")
-    parser.set_defaults(run=_run)

@@ -1,22 +1,22 @@
-"""`clapforge push MODEL_DIR REPO [--space SPACE_REPO] [--private]`: publish a model folder, optionally with a Space.
+"""Publishing a model folder, optionally with the demo Space: what `clapforge push MODEL_DIR REPO --space SPACE` runs.
 
 MODEL_DIR is a Hub-ready folder (what `hub.export_hub_folder` or `save_pretrained` writes; its README.md model card
-carries the evaluation results). It is uploaded to the model repo REPO in one commit. With `--space`, the demo app
-in `spaces_demo/` (app.py, requirements.txt, README.md, examples/) goes to the Space repo SPACE_REPO, pointed at REPO
-twice: by the Space variable `MODEL`, which the app reads, and by the card's `models:` entry, which links the two
-pages on the Hub. Both uploads go through `hub.push_folder`, so HF_ENDPOINT/HF_TOKEN apply as usual.
+carries the evaluation results). It is uploaded to the model repo REPO in one commit. With `space`, the demo app
+shipped in the package (`clapforge/spaces_demo/`: app.py, requirements.txt, README.md, examples/; the repository's
+`spaces_demo/` links to it) goes to the Space repo SPACE, pointed at REPO twice: by the Space variable `MODEL`, which
+the app reads, and by the card's `models:` entry, which links the two pages on the Hub. Both uploads go through
+`hub.push_folder`, so HF_ENDPOINT/HF_TOKEN apply as usual.
 """
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-# The demo lives beside the package in a source checkout (src/clapforge/push.py -> <root>/spaces_demo).
-DEFAULT_SPACE_DIR = Path(__file__).resolve().parents[2] / "spaces_demo"
+from .resources import SPACE_DIR as DEFAULT_SPACE_DIR
+
 SPACE_FILES = ("app.py", "requirements.txt", "README.md")
 
 
@@ -64,25 +64,3 @@ def push(
                 commit_message=f"Demo of {repo}",
             )
     return urls
-
-
-def _run(args: argparse.Namespace) -> int:
-    urls = push(args.model_dir, args.repo, args.space, private=args.private, space_dir=args.space_dir)
-    for kind, url in urls.items():
-        print(f"{kind}: {url}")
-    return 0
-
-
-def register(commands: argparse._SubParsersAction) -> None:
-    """Add `clapforge push` to the CLI's sub-parsers."""
-    parser = commands.add_parser(
-        "push",
-        help="upload a model folder to the Hub, optionally with a demo Space",
-        description=__doc__.split("\n\n")[0],
-    )
-    parser.add_argument("model_dir", help="Hub-ready model folder (config.json, *.safetensors, code, README.md)")
-    parser.add_argument("repo", help="model repo id, e.g. user/clap-small")
-    parser.add_argument("--space", metavar="SPACE_REPO", help="also create or update this demo Space (user/name)")
-    parser.add_argument("--private", action="store_true", help="create the repos as private")
-    parser.add_argument("--space-dir", default=str(DEFAULT_SPACE_DIR), help="demo app folder (default: %(default)s)")
-    parser.set_defaults(run=_run)

@@ -38,7 +38,6 @@ seeded by (seed, split, index), independent of the number of worker processes.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import multiprocessing
 import os
@@ -52,11 +51,13 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .shards import SAMPLE_RATE, ShardWriter, atomic_write_json, encode_flac, write_sizes
+from ..atomic import atomic_write_json
+from ..inference.prompts import DEFAULT_PROMPT
+from .shards import SAMPLE_RATE, ShardWriter, encode_flac, write_sizes
 from .synth_sounds import EVENT_TYPES, EventDraw, render_clip
 
 SPLITS = ("train", "validation", "test")
-ZERO_SHOT_PROMPT = "This is a sound of {label}."
+ZERO_SHOT_PROMPT = DEFAULT_PROMPT  # the prompt labels.json declares for its class names
 BACKGROUND_PROBABILITY = 0.3
 LONG_MIX_PROBABILITY = 0.3  # share of durations drawn from the full 1-30 s range rather than 1-5 s
 SHORT_MAX_S, LONG_MIN_S = 2.5, 10.0
@@ -396,35 +397,3 @@ def synthesize_corpus(out: str | Path, clips: int, seed: int = 0, *, validation_
     atomic_write_json(out / "labels.json", labels_json())
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# CLI
-
-
-def _run(args: argparse.Namespace) -> int:
-    manifest = synthesize_corpus(
-        args.out, args.clips, args.seed, validation_fraction=args.validation_fraction,
-        test_fraction=args.test_fraction, workers=args.workers, shard_bytes=int(args.shard_mb * 2**20),
-        overwrite=args.overwrite, progress=not args.no_progress,
-    )
-    for split, info in manifest["splits"].items():
-        print(f"{split:>10}: {info['clips']} clips, {info['hours']:.3f} h ({info['phrasing']} phrasings)")
-    print(f"wrote {args.out}: {manifest['clips']} clips, {manifest['hours']:.3f} h, {len(manifest['classes'])} classes")
-    return 0
-
-
-def register(commands: argparse._SubParsersAction) -> None:
-    """Add `clapforge synth` to the CLI's sub-parsers."""
-    parser = commands.add_parser("synth", help="generate the built-in synthetic audio-caption corpus as shards",
-                                 description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", help="output folder (train/, validation/, test/, manifest.json, labels.json)")
-    parser.add_argument("--clips", type=int, default=2000, help="number of clips over all splits (default 2000)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
-    parser.add_argument("--validation-fraction", type=float, default=0.1, help="share of validation clips")
-    parser.add_argument("--test-fraction", type=float, default=0.1, help="share of held-out-phrasing test clips")
-    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count, up to 8)")
-    parser.add_argument("--shard-mb", type=float, default=64.0, help="target shard size in MiB (default 64)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing corpus in OUT")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(run=_run)

@@ -1,18 +1,16 @@
-"""Evaluation: retrieval and zero-shot metrics (plain torch functions) and the loop that embeds a stream and scores it.
+"""Evaluation: retrieval and zero-shot metrics (plain torch functions), `evaluate_clap` that scores a stream of
+examples, and the paper's benchmarks (`tasks.py`). Embedding itself is `clapforge.inference`'s.
 
-Training validation (issue 4) and the benchmark commands (issue 5) both go through `evaluate_clap` or, for
-embeddings they already hold, through the metric functions directly.
+Training validation and the `eval` command both go through `evaluate_clap` or, for embeddings they already hold,
+through the metric functions directly.
 """
 
-from .evaluate import DEFAULT_PROMPT, embed_audio_batches, embed_texts, evaluate_clap
+from .evaluate import evaluate_clap
 from .metrics import A2T_MAP_VARIANTS, chance_levels, retrieval_metrics, zero_shot_accuracy
 
 __all__ = [
     "A2T_MAP_VARIANTS",
-    "DEFAULT_PROMPT",
     "chance_levels",
-    "embed_audio_batches",
-    "embed_texts",
     "evaluate_clap",
     "retrieval_metrics",
     "zero_shot_accuracy",

@@ -23,15 +23,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ..data.benchmark_sets import RETRIEVAL, ZERO_SHOT, Benchmark
 from ..data.shards import SAMPLE_RATE, decode_audio
-from .benchmarks import RETRIEVAL, ZERO_SHOT, Benchmark
-from .evaluate import DEFAULT_PROMPT, embed_audio_batches, embed_texts
+from ..inference.embedding import embed_audio_batches, embed_texts
+from ..inference.prompts import DEFAULT_PROMPT, format_prompt
 from .metrics import A2T_MAP_VARIANTS, chance_levels, retrieval_metrics, zero_shot_accuracy
 
 logger = logging.getLogger(__name__)
@@ -39,15 +41,6 @@ logger = logging.getLogger(__name__)
 RETRIEVAL_KS = (1, 5, 10)
 ZERO_SHOT_KS = (1, 5)
 MAP_K = 10
-
-
-def load_model(model: str, device: str | torch.device | None = None) -> tuple[torch.nn.Module, Any]:
-    """A clapforge model folder or Hub id -> (LaionClapModel in eval mode on `device`, LaionClapProcessor)."""
-    from .. import LaionClapModel, LaionClapProcessor
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    clap = LaionClapModel.from_pretrained(model).to(device).eval()
-    return clap, LaionClapProcessor.from_pretrained(model)
 
 
 class DecodedClips(torch.utils.data.Dataset):
@@ -134,13 +127,6 @@ def class_embeddings(
     return F.normalize(torch.stack(per_template).mean(0), dim=-1)  # (K, E)
 
 
-def format_prompt(template: str, label: str) -> str:
-    """`template` with `{label}` (or `{}`, as transformers' pipeline writes it) replaced by `label`."""
-    if "{label}" not in template and "{}" not in template:
-        raise ValueError(f"prompt template {template!r} has no {{label}} placeholder")
-    return template.replace("{label}", label).replace("{}", label)
-
-
 def run_benchmark(
     model: torch.nn.Module,
     processor: Any,
@@ -220,9 +206,7 @@ def run_benchmark(
     else:
         raise ValueError(f"unknown benchmark kind {benchmark.kind!r}")
     results.update({"metrics": scores, "chance": chance, "n": n, "protocol": protocol, "skipped": skipped})
-    from .. import __version__
-
-    results["clapforge_version"] = __version__
+    results["clapforge_version"] = version("clapforge")
     return results
 
 
@@ -347,5 +331,5 @@ def write_results(results: Mapping[str, Any], out: str | os.PathLike) -> dict[st
     return paths
 
 
-__all__ = ["DecodedClips", "class_embeddings", "embed_benchmark_audio", "format_prompt", "load_model",
-           "markdown_table", "model_index", "run_benchmark", "write_results"]
+__all__ = ["DecodedClips", "class_embeddings", "embed_benchmark_audio", "markdown_table", "model_index",
+           "run_benchmark", "write_results"]

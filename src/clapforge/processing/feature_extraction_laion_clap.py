@@ -19,7 +19,6 @@ Only list bookkeeping (building views, one `torch.cat`) and bounded blocks of ro
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -27,18 +26,22 @@ import torch
 import torchaudio
 from transformers import BatchFeature, SequenceFeatureExtractor
 
+from .audio_inputs_laion_clap import (
+    as_clip_list,
+    check_clips,
+    pack_clips,
+    quantize_int16_,
+    resample_clips,
+    round_up,
+    to_mono_float,
+)
+from .log_mel_laion_clap import signal_log_mel, slaney_mel_filters
+
 TRUNCATIONS = ("rand_trunc", "fusion")
 PADDINGS = ("repeatpad", "repeat", "pad")
 
-# Integer PCM: (offset, scale) so that (x - offset) / scale lies in [-1, 1].
-_PCM = {torch.int16: (0.0, 32768.0), torch.int32: (0.0, 2.0**31), torch.uint8: (128.0, 128.0)}
-
-# Peak-memory bounds: rows of fixed clips, and frames of the whole-clip buffer, handled per STFT call.
+# Peak-memory bound: rows of fixed clips handled per STFT call.
 _ROWS_PER_CALL = 16
-_FRAMES_PER_CALL = 2048
-
-# power_to_db floor (librosa / torchaudio AmplitudeToDB amin): silence maps to -100 dB.
-_POWER_FLOOR = 1e-10
 
 
 class LaionClapFeatureExtractor(SequenceFeatureExtractor):
@@ -122,7 +125,7 @@ class LaionClapFeatureExtractor(SequenceFeatureExtractor):
         # bank in float32; librosa builds the Slaney bank in float64 and torchlibrosa casts it to float32. In float32
         # the small edge weights of the Slaney bank lose digits, which moves a band next to a strong tone by ~0.02 dB.
         self.mel_filters = torchaudio.functional.melscale_fbanks(**fbank_args, norm=None, mel_scale="htk")  # (K, F)
-        self.mel_filters_slaney = _slaney_mel_filters(**fbank_args).float()  # (K, F)
+        self.mel_filters_slaney = slaney_mel_filters(**fbank_args).float()  # (K, F)
         self.window = torch.hann_window(fft_window_size, periodic=True)  # (W,)
 
     @classmethod
@@ -207,10 +210,10 @@ class LaionClapFeatureExtractor(SequenceFeatureExtractor):
             raise ValueError(f"sampling_rate must be a positive integer, got {sampling_rate!r}.")
         device = torch.device("cpu") if device is None else torch.device(device)
 
-        clips = [_to_mono_float(clip, i, device) for i, clip in enumerate(_as_clip_list(raw_audio))]
-        _check_clips(clips)
+        clips = [to_mono_float(clip, i, device) for i, clip in enumerate(as_clip_list(raw_audio))]
+        check_clips(clips)
         if sampling_rate != self.sampling_rate:
-            clips = _resample(clips, int(sampling_rate), self.sampling_rate)
+            clips = resample_clips(clips, int(sampling_rate), self.sampling_rate)
 
         max_len = self.nb_max_samples
         chunk_frames = max_len // self.hop_length + 1
@@ -252,7 +255,7 @@ class LaionClapFeatureExtractor(SequenceFeatureExtractor):
         device, max_len, hop = views[0].device, self.nb_max_samples, self.hop_length
         half = self.fft_window_size // 2
         # Row layout: [reflect half | clip filled to max_len | reflect half | zeros], a whole number of hops.
-        slot = _round_up(max_len + 2 * half, hop)
+        slot = round_up(max_len + 2 * half, hop)
         fbank, window = fbank.to(device), self.window.to(device)
         t = torch.arange(max_len, device=device)
         zeros = views[0].new_zeros(slot)
@@ -265,7 +268,7 @@ class LaionClapFeatureExtractor(SequenceFeatureExtractor):
             pieces = [p for v in block for p in (zeros[:half], v, zeros[: slot - half - v.shape[0]])]
             rows = torch.cat(pieces, out=storage[: len(block) * slot]).view(len(block), slot)  # (B, T)
             if quantize:
-                _quantize_int16_(rows)
+                quantize_int16_(rows)
             body = rows[:, half : half + max_len]
             short = (lengths < max_len).nonzero().squeeze(1)
             if short.numel():
@@ -282,7 +285,7 @@ class LaionClapFeatureExtractor(SequenceFeatureExtractor):
             # Every row now has max_len samples, so one reflect rule serves every row.
             rows[:, :half] = body[:, 1 : half + 1].flip(-1)
             rows[:, half + max_len : 2 * half + max_len] = body[:, max_len - 1 - half : max_len - 1].flip(-1)
-            mel = _signal_log_mel(rows.view(-1), self.fft_window_size, hop, window, fbank)  # (T, F)
+            mel = signal_log_mel(rows.view(-1), self.fft_window_size, hop, window, fbank)  # (T, F)
             # The flat framing stops short of the last row's unused trailing frames; pad them back to reshape.
             mel = torch.nn.functional.pad(mel, (0, 0, 0, rows.numel() // hop - mel.shape[0]))
             out.append(mel.view(len(block), slot // hop, -1)[:, : max_len // hop + 1])  # (B, T, F)
@@ -298,9 +301,9 @@ class LaionClapFeatureExtractor(SequenceFeatureExtractor):
         chunk_frames = self.nb_max_samples // hop + 1
         lengths_cpu = torch.tensor([v.shape[0] for v in views])
         # Each padded clip (half + clip + half) starts on the hop grid of the packed buffer.
-        packed, offsets = _pack(views, lengths_cpu.tolist(), align=hop, lead=half, tail=half)
+        packed, offsets = pack_clips(views, lengths_cpu.tolist(), align=hop, lead=half, tail=half)
         if quantize:
-            _quantize_int16_(packed)
+            quantize_int16_(packed)
         clip_starts = torch.tensor(offsets, device=device)
         lengths = lengths_cpu.to(device)
         k = torch.arange(half, device=device)
@@ -310,7 +313,7 @@ class LaionClapFeatureExtractor(SequenceFeatureExtractor):
         packed[dst] = packed[src]
 
         window, fbank = self.window.to(device), self.mel_filters.to(device)
-        mel = _signal_log_mel(packed, n_fft, hop, window, fbank)  # (T, F)
+        mel = signal_log_mel(packed, n_fft, hop, window, fbank)  # (T, F)
         first_frame = (clip_starts - half) // hop
         n_frames = lengths // hop + 1
 
@@ -347,154 +350,9 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
-def _as_clip_list(raw_audio: Any) -> list[Any]:
-    """Splits the accepted input layouts into a list of clips (each still in its original type)."""
-    if isinstance(raw_audio, (np.ndarray, torch.Tensor)):
-        if raw_audio.ndim == 1:
-            return [raw_audio]
-        if raw_audio.ndim == 2:
-            return list(raw_audio)
-        raise ValueError(
-            f"Got a {raw_audio.ndim}-D array of shape {tuple(raw_audio.shape)}. Accepted: one mono clip (T,), a batch "
-            "of mono clips (B, T), or a list of clips, each (T,) or multi-channel (C, T) / (T, C)."
-        )
-    if isinstance(raw_audio, (list, tuple)):
-        if len(raw_audio) == 0:
-            raise ValueError("Got an empty list: pass at least one clip.")
-        if isinstance(raw_audio[0], (int, float, np.number)):
-            return [raw_audio]
-        return list(raw_audio)
-    raise TypeError(f"Expected a numpy array, torch tensor or list of clips, got {type(raw_audio).__name__}.")
-
-
-def _to_mono_float(clip: Any, index: int, device: torch.device) -> torch.Tensor:
-    """One clip -> float32 mono tensor (T,) on `device`, integer PCM scaled to [-1, 1]."""
-    if isinstance(clip, torch.Tensor):
-        x = clip.detach()
-    elif isinstance(clip, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(clip))
-    elif isinstance(clip, (list, tuple)):
-        x = torch.from_numpy(np.asarray(clip, dtype=np.float32))
-    else:
-        raise TypeError(f"Clip {index}: expected a numpy array, torch tensor or list, got {type(clip).__name__}.")
-    if x.ndim not in (1, 2):
-        raise ValueError(
-            f"Clip {index} has {x.ndim} dimensions, shape {tuple(x.shape)}. A clip must be mono (T,) or "
-            "multi-channel (C, T) / (T, C); a batch is a list of such clips or a (B, T) array."
-        )
-    x = x.to(device)
-    if x.dtype in _PCM:
-        # float32 is exact here: int16/uint8 fit its mantissa and int32 is divided by a power of two.
-        offset, scale = _PCM[x.dtype]
-        x = (x.float() - offset) / scale
-    elif x.is_floating_point():
-        x = x.float()
-    else:
-        raise ValueError(
-            f"Clip {index} has dtype {x.dtype}; expected float samples in [-1, 1] or int16 / int32 / uint8 PCM."
-        )
-    if x.ndim == 2:
-        x = x.mean(dim=0 if x.shape[0] <= x.shape[1] else 1)  # (T,)
-    return x
-
-
-def _pack(
-    clips: list[torch.Tensor], lengths: list[int], align: int, lead: int, tail: int
-) -> tuple[torch.Tensor, list[int]]:
-    """Concatenates clips into one zero-filled buffer (S,), each clip at least `lead` zeros after the start of its
-    slot and followed by at least `tail` zeros, every slot starting on a multiple of `align`. Returns the buffer
-    and the clip offsets; the copy is a single `torch.cat`."""
-    slots = np.array([_round_up(lead + n + tail, align) for n in lengths], dtype=np.int64)
-    slot_starts = np.concatenate([[0], np.cumsum(slots)[:-1]])
-    trailing = (slots - lead - np.asarray(lengths, dtype=np.int64)).tolist()
-    zeros = clips[0].new_zeros(max(lead, *trailing))
-    pieces = []
-    for clip, after in zip(clips, trailing, strict=True):
-        pieces += [zeros[:lead], clip, zeros[:after]]
-    return torch.cat(pieces), (slot_starts + lead).tolist()
-
-
-def _quantize_int16_(x: torch.Tensor) -> torch.Tensor:
-    """LAION's int16 round trip `trunc(clamp(x, -1, 1) * 32767) / 32767`, in place, in float32 as numpy computes
-    it there (float32 array times Python float stays float32)."""
-    return x.clamp_(-1.0, 1.0).mul_(32767.0).trunc_().div_(32767.0)
-
-
-def _check_clips(clips: list[torch.Tensor]) -> None:
-    for i, clip in enumerate(clips):
-        if clip.shape[0] == 0:
-            raise ValueError(f"Clip {i} is empty (0 samples).")
-    # A sum is one pass without a temporary and is not finite if any sample is NaN or infinite (or, rarely, if
-    # huge samples overflow); only clips that fail it are inspected sample by sample.
-    sums = torch.stack([clip.sum() for clip in clips])
-    for i in (~torch.isfinite(sums)).nonzero().squeeze(1).tolist():
-        if not bool(torch.isfinite(clips[i]).all()):
-            raise ValueError(f"Clip {i} contains NaN or infinite values.")
-
-
-def _resample(clips: list[torch.Tensor], orig_freq: int, new_freq: int) -> list[torch.Tensor]:
-    """All clips resampled in one `torchaudio.functional.resample` call; returns views of the result."""
-    g = math.gcd(orig_freq, new_freq)
-    orig, new = orig_freq // g, new_freq // g
-    # torchaudio's sinc kernel reaches `width` samples before and `width + orig` after each block of `orig` input
-    # samples. With every clip starting on a multiple of `orig` and at least that many zeros around it, resampling
-    # the packed buffer once gives, sample for sample, each clip resampled alone.
-    width = math.ceil(6 * orig / (min(orig, new) * 0.99))
-    reach = 2 * width + 2 * orig  # twice torchaudio's reach, in case its kernel grows
-    lengths = [clip.shape[0] for clip in clips]
-    packed, offsets = _pack(clips, lengths, align=orig, lead=_round_up(reach, orig), tail=reach)
-    resampled = torchaudio.functional.resample(packed, orig_freq, new_freq)
-    # torchaudio keeps ceil(new * length / orig) samples of a clip resampled alone.
-    return [resampled[o // orig * new :][: -(-n * new // orig)] for o, n in zip(offsets, lengths, strict=True)]
-
-
-def _slaney_mel_filters(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int) -> torch.Tensor:
-    """(n_freqs, n_mels) float64 Slaney mel bank with Slaney area norm, as librosa builds it (`htk=False`).
-
-    torchaudio's `melscale_fbanks` computes the same in the default dtype and has no dtype argument; changing the
-    process-wide default around it would leak float64 into other threads.
-    """
-    f_sp, min_log_hz = 200.0 / 3, 1000.0  # linear below 1 kHz (200/3 Hz per mel), logarithmic above
-    min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
-
-    def hz_to_mel(hz: float) -> float:
-        return hz / f_sp if hz < min_log_hz else min_log_mel + math.log(hz / min_log_hz) / logstep
-
-    mels = torch.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2, dtype=torch.float64)  # (K+2,)
-    edges = torch.where(mels >= min_log_mel, min_log_hz * torch.exp(logstep * (mels - min_log_mel)), f_sp * mels)
-    bins = torch.linspace(0, sample_rate // 2, n_freqs, dtype=torch.float64)  # (F,)
-    widths = edges[1:] - edges[:-1]  # (K+1,)
-    to_edge = edges[None, :] - bins[:, None]  # (F, K+2)
-    rising, falling = -to_edge[:, :-2] / widths[:-1], to_edge[:, 2:] / widths[1:]  # (F, K) each
-    triangles = torch.minimum(rising, falling).clamp(min=0.0)  # (F, K)
-    return triangles * (2.0 / (edges[2:] - edges[:-2]))  # (F, K): each band's area normalised
-
-
 def _random_index(counts: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """A uniform draw from range(count) per entry, from `generator` (torch's default one if None)."""
     device = generator.device if generator is not None else torch.device("cpu")
     # float64 keeps the draw uniform for counts beyond float32's 2**24 (clips of several minutes).
     u = torch.rand(counts.shape, generator=generator, dtype=torch.float64, device=device).to(counts.device)
     return (u * counts).long().clamp(max=counts - 1)
-
-
-def _signal_log_mel(
-    signal: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor, fbank: torch.Tensor
-) -> torch.Tensor:
-    """Log-mel in dB (T, F) of every frame `signal[i * hop : i * hop + n_fft]` of a 1-D signal (S,)."""
-    frames = signal.unfold(0, n_fft, hop)  # (T, W)
-    out = signal.new_empty(frames.shape[0], fbank.shape[1])  # (T, F)
-    # Bins outside every mel filter (above frequency_max, about 40% of them) need no power and no product.
-    used = fbank.any(dim=1).nonzero()
-    lo, hi = int(used[0]), int(used[-1]) + 1
-    fbank = fbank[lo:hi]
-    # Blocks of frames keep the windowed frames and their spectrum in cache, and bound peak memory.
-    for f in range(0, frames.shape[0], _FRAMES_PER_CALL):
-        spectrum = torch.fft.rfft(frames[f : f + _FRAMES_PER_CALL] * window)[:, lo:hi]  # (T, K)
-        power = torch.addcmul(spectrum.real.square(), spectrum.imag, spectrum.imag)  # (T, K)
-        torch.log10((power @ fbank).clamp_(min=_POWER_FLOOR), out=out[f : f + _FRAMES_PER_CALL]).mul_(10.0)
-    return out

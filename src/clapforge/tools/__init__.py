@@ -1,5 +1,5 @@
 """Everyday tools on a trained CLAP: embed audio to an index file, search it, classify files zero-shot.
 
-`clapforge.tools.api` is the Python side (`embed_audio`, `embed_text`, `classify`, `search`); `clapforge.tools.cli`
-adds the `embed`, `search` and `classify` sub-commands.
+`clapforge.tools.api` is the Python side (`embed_audio`, `embed_text`, `classify`, `search`); the `embed`, `search`
+and `classify` sub-commands are in `clapforge.commands`.
 """

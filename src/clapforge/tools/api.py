@@ -1,70 +1,25 @@
 """Python API: embed audio and text, classify zero-shot, search an embeddings file.
 
-`model` is a clapforge model folder or Hub id (loaded once per process and cached) or an already loaded
-`(model, processor)` pair. Shapes: N clips, T texts, K labels, E joint embedding.
+`model` is a clapforge model folder or Hub id (loaded once per process and cached by `inference.loading`) or an
+already loaded `(model, processor)` pair. Shapes: N clips, T texts, K labels, E joint embedding.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..evaluation.evaluate import DEFAULT_PROMPT, embed_audio_batches, embed_texts
+from ..inference.embedding import embed_audio_batches, embed_texts
+from ..inference.loading import ModelLike, feature_extractor_of, load_model, tokenizer_of
+from ..inference.prompts import DEFAULT_PROMPT, format_prompt
 from .index import EmbeddingIndex, read_index
 from .windows import best_window_per_file
 
-ModelLike = str | os.PathLike | tuple[Any, Any]
 AudioLike = str | os.PathLike | np.ndarray | torch.Tensor
-
-_LOADED: dict[tuple[str, str], tuple[Any, Any]] = {}
-
-
-def model_reference(model: str | os.PathLike) -> str:
-    """How an index records its model: the absolute path of a local folder, else the Hub id as given."""
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.is_dir() else str(model)
-
-
-def load_model(model: ModelLike, device: str | torch.device | None = None) -> tuple[Any, Any]:
-    """(model in eval mode, processor) for a folder or Hub id, cached; a `(model, processor)` pair is returned as is.
-
-    The processor is a `LaionClapProcessor`, or the bare `LaionClapFeatureExtractor` for a folder saved without a
-    tokenizer (enough to embed audio).
-    """
-    if isinstance(model, tuple):
-        if len(model) != 2:
-            raise ValueError("model must be a folder, a Hub id or a (model, processor) pair")
-        return model
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    name = model_reference(model)
-    cache_key = (name, str(device))
-    if cache_key not in _LOADED:
-        from ..modeling_clap.modeling_laion_clap import LaionClapModel
-        from ..processing.feature_extraction_laion_clap import LaionClapFeatureExtractor
-        from ..processing.processing_laion_clap import LaionClapProcessor
-
-        loaded = LaionClapModel.from_pretrained(name).to(device).eval()
-        try:
-            processor = LaionClapProcessor.from_pretrained(name)
-        except (OSError, ValueError, TypeError):
-            processor = LaionClapFeatureExtractor.from_pretrained(name)
-        _LOADED[cache_key] = (loaded, processor)
-    return _LOADED[cache_key]
-
-
-def feature_extractor_of(processor: Any) -> Any:
-    return getattr(processor, "feature_extractor", processor)
-
-
-def tokenizer_of(processor: Any) -> Any:
-    if getattr(processor, "tokenizer", None) is None:
-        raise ValueError("this model folder has no tokenizer: text needs a model saved with its tokenizer")
-    return processor
 
 
 def _as_list(items: Any) -> list[Any]:
@@ -111,11 +66,6 @@ def embed_text(texts: str | Sequence[str], model: ModelLike, batch_size: int = 6
     model, processor = load_model(model)
     texts = [texts] if isinstance(texts, str) else list(texts)
     return embed_texts(model, tokenizer_of(processor), texts, batch_size).cpu()
-
-
-def format_prompt(prompt: str, label: str) -> str:
-    """`prompt` with the label in place of `{label}` (or of `{}`, the transformers pipeline's placeholder)."""
-    return prompt.format(label) if "{}" in prompt else prompt.format(label=label)
 
 
 def classify(

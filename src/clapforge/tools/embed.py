@@ -25,32 +25,21 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..atomic import atomic_path, atomic_write_json
-from ..data.prepare import AUDIO_EXTENSIONS
-from ..data.shards import decode_audio
-from ..evaluation.evaluate import audio_embeds, compile_audio_tower
-from .index import EmbeddingIndex, check_format, read_index, write_index
-from .windows import split_windows
+from ..atomic import atomic_write_json
+from ..inference.embedding import audio_embeds, compile_audio_tower
+from .embed_inputs import AudioItems, Featurize, list_inputs
+from .embed_parts import merge_parts, part_keys, part_path, write_part
+from .index import check_format, read_index, write_index
 
 # Hidden test hook: seconds the main process sleeps after writing each part, so a test can kill a run in between.
 TEST_SLEEP_ENV = "CLAPFORGE_EMBED_TEST_SLEEP"
-LIST_SUFFIXES = {".txt", ".lst", ".list"}
 RUN_FILE = "run.json"
-
-
-@dataclass
-class Item:
-    """One input, as sent to a DataLoader worker (picklable)."""
-
-    index: int  # position in the global order
-    key: str
-    path: str | None = None  # a file; None for a dataset row (read by the DatasetReader)
 
 
 @dataclass
@@ -61,220 +50,6 @@ class EmbedReport:
     computed: int = 0  # items embedded by this run (not reused from part files)
     up_to_date: bool = False
     main_process: bool = True  # False on the other ranks of a launch, which print nothing
-
-
-# ---------------------------------------------------------------------------------------------------- inputs
-
-
-class DatasetReader:
-    """Reads the undecoded audio of a row of a (memory-mapped) `datasets.Dataset`: bytes, or a local path."""
-
-    def __init__(self, dataset: Any, audio_column: str) -> None:
-        self.dataset = dataset
-        self.audio_column = audio_column
-
-    def __call__(self, item: Item) -> bytes | str:
-        audio = self.dataset[item.index][self.audio_column] or {}
-        source = audio.get("bytes") or audio.get("path")
-        if not source:
-            raise ValueError("the row has no audio")
-        return source
-
-
-def list_inputs(
-    source: str | os.PathLike,
-    dataset: bool = False,
-    audio_column: str = "audio",
-    split: str = "train",
-    key_column: str | None = None,
-) -> tuple[list[Item], DatasetReader | None]:
-    """The inputs in their global order, and the reader of dataset rows (None for files).
-
-    A folder is scanned recursively for audio extensions (keys: relative paths); a .txt/.lst/.list file lists one path
-    per line (relative to the list's folder, `#` comments; keys: the paths as written); an audio file is one input.
-    Files are sorted by key. With `dataset=True`, `source` is a `datasets` source (parquet file, local folder or Hub
-    id) read with `load_dataset` (memory-mapped, so workers can read any row); keys are `key_column` or
-    "<file name>#<row>".
-    """
-    if dataset:
-        return _dataset_inputs(str(source), audio_column, split, key_column)
-    path = Path(source)
-    if path.is_dir():
-        files = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
-                 and not any(part.startswith(".") for part in p.relative_to(path).parts)]
-        keyed = {p.relative_to(path).as_posix(): str(p.resolve()) for p in files}
-    elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
-        keyed = {}
-        for line in path.read_text(encoding="utf-8").splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                keyed[line] = str((path.parent / Path(line).expanduser()).resolve())
-    elif path.is_file():
-        keyed = {path.name: str(path.resolve())}
-    else:
-        raise FileNotFoundError(f"input {source} is neither a folder, a file list nor an audio file "
-                                "(use --dataset for a datasets source)")
-    return [Item(i, key, keyed[key]) for i, key in enumerate(sorted(keyed))], None
-
-
-def _dataset_inputs(source: str, audio_column: str, split: str, key_column: str | None):
-    import datasets
-
-    if source.endswith(".parquet"):
-        ds = datasets.load_dataset("parquet", data_files={split: source}, split=split)
-    else:
-        ds = datasets.load_dataset(source, split=split)
-    if audio_column not in ds.column_names:
-        raise ValueError(f"dataset {source} has no audio column {audio_column!r} (columns: {ds.column_names}); "
-                         "set --audio-column")
-    if key_column is not None and key_column not in ds.column_names:
-        raise ValueError(f"dataset {source} has no key column {key_column!r} (columns: {ds.column_names})")
-    ds = ds.cast_column(audio_column, datasets.Audio(decode=False))
-    if key_column is not None:
-        keys = [str(k) for k in ds[key_column]]
-    else:
-        paths = [(a or {}).get("path") or "row" for a in ds.select_columns([audio_column])[audio_column]]
-        keys = [f"{PurePosixPath(p).name}#{i}" for i, p in enumerate(paths)]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"dataset {source}: the keys of column {key_column!r} are not unique")
-    return [Item(i, key) for i, key in enumerate(keys)], DatasetReader(ds, audio_column)
-
-
-# ---------------------------------------------------------------------------------------------------- workers
-
-
-class AudioItems(torch.utils.data.Dataset):
-    """Position -> (item, mono float32 audio at `sample_rate` or the reason it cannot be read).
-
-    With `model_idle` (an event the main process clears while its model runs on the CPU), a worker decodes only
-    between model steps: see `embed_files`.
-    """
-
-    def __init__(
-        self, items: list[Item], reader: DatasetReader | None, sample_rate: int, model_idle: Any = None
-    ) -> None:
-        self.items = items
-        self.reader = reader
-        self.sample_rate = sample_rate
-        self.model_idle = model_idle
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, position: int) -> tuple[Item, np.ndarray | str]:
-        if self.model_idle is not None:
-            self.model_idle.wait()
-        item = self.items[position]
-        try:
-            source = item.path if self.reader is None else self.reader(item)
-            audio = decode_audio(source, self.sample_rate)
-        except (ValueError, FileNotFoundError, OSError) as error:
-            # decode_audio names the file; the key already does in the report.
-            return item, str(error).replace(f"audio file {item.path} ", "")
-        if not np.isfinite(audio.sum()):
-            return item, "holds NaN or infinite samples"
-        return item, audio
-
-
-class Featurize:
-    """collate_fn: the log-mel features of a batch of decoded clips (and of their windows in window mode)."""
-
-    def __init__(self, feature_extractor: Any, window: bool, model_idle: Any = None) -> None:
-        self.feature_extractor = feature_extractor
-        self.window = window
-        self.model_idle = model_idle
-
-    def __call__(self, batch: list[tuple[Item, np.ndarray | str]]) -> dict[str, Any]:
-        if self.model_idle is not None:
-            self.model_idle.wait()
-        fe = self.feature_extractor
-        sr = fe.sampling_rate
-        ok = [(item, audio) for item, audio in batch if not isinstance(audio, str)]
-        out: dict[str, Any] = {
-            "items": [item for item, _ in batch],
-            "errors": {item.index: audio for item, audio in batch if isinstance(audio, str)},
-            "ok": [item.index for item, _ in ok],
-            "durations": [len(audio) / sr for _, audio in ok],
-        }
-        if ok:
-            out["features"] = fe([audio for _, audio in ok], sampling_rate=sr)
-        if self.window and ok:
-            clips, bounds, counts = [], [], []
-            for _, audio in ok:
-                windows, window_bounds = split_windows(audio, fe.nb_max_samples, sr)
-                clips += windows
-                bounds += window_bounds
-                counts.append(len(windows))
-            out["window_features"] = fe(clips, sampling_rate=sr)
-            out["window_bounds"] = bounds
-            out["window_counts"] = counts
-        return out
-
-
-# ---------------------------------------------------------------------------------------------------- parts
-
-
-def _part_path(parts_dir: Path, part: int) -> Path:
-    return parts_dir / f"part-{part:05d}.parquet"
-
-
-def _part_keys(path: Path) -> list[str] | None:
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_table(path, columns=["key"]).column("key").to_pylist()
-    except (OSError, ValueError, KeyError):
-        return None  # unreadable: done again
-
-
-def _write_part(path: Path, rows: list[dict[str, Any]]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    f32 = pa.list_(pa.float32())
-    table = pa.table({
-        "index": pa.array([r["index"] for r in rows], type=pa.int64()),
-        "key": pa.array([r["key"] for r in rows], type=pa.string()),
-        "embedding": pa.array([r.get("embedding") for r in rows], type=f32),
-        "duration": pa.array([r.get("duration") for r in rows], type=pa.float64()),
-        "error": pa.array([r.get("error") for r in rows], type=pa.string()),
-        "window_start": pa.array([r.get("window_start", []) for r in rows], type=pa.list_(pa.float64())),
-        "window_end": pa.array([r.get("window_end", []) for r in rows], type=pa.list_(pa.float64())),
-        "window_embeddings": pa.array([r.get("window_embeddings", []) for r in rows], type=pa.list_(f32)),
-    })
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-
-
-def _merge_parts(parts_dir: Path, n_parts: int, metadata: dict[str, Any], window: bool):
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from .index import column_matrix
-
-    table = pa.concat_tables([pq.read_table(_part_path(parts_dir, p)) for p in range(n_parts)])
-    width = metadata["embedding_dim"]
-    failed = pc.is_valid(table.column("error"))
-    errors = [{"key": k, "reason": e} for k, e in zip(table.column("key").to_pylist(),
-                                                       table.column("error").to_pylist(), strict=True) if e is not None]
-    table = table.filter(pc.invert(failed))
-    keys = table.column("key").to_pylist()
-    index = EmbeddingIndex(
-        keys=keys,
-        embeddings=torch.from_numpy(column_matrix(table.column("embedding"), width).astype(np.float32)),
-        durations=torch.tensor(table.column("duration").to_pylist(), dtype=torch.float64),
-        metadata=metadata,
-    )
-    if window:
-        starts, ends = table.column("window_start").to_pylist(), table.column("window_end").to_pylist()
-        counts = [len(s) for s in starts]
-        index.window_rows = torch.repeat_interleave(torch.arange(len(keys)), torch.tensor(counts, dtype=torch.long))
-        index.window_bounds = torch.tensor([[a, b] for s, e in zip(starts, ends, strict=True)
-                                            for a, b in zip(s, e, strict=True)], dtype=torch.float64).view(-1, 2)
-        flat = table.column("window_embeddings").combine_chunks().flatten()
-        index.window_embeddings = torch.from_numpy(column_matrix(flat, width).astype(np.float32)).view(-1, width)
-    return index, errors
 
 
 # ---------------------------------------------------------------------------------------------------- embed
@@ -310,7 +85,7 @@ def embed_files(
     from accelerate.utils import parse_flag_from_env
     from tqdm.auto import tqdm
 
-    from .api import feature_extractor_of, load_model, model_reference
+    from ..inference.loading import feature_extractor_of, load_model, model_reference
 
     if batch_size < 1 or part_size < 1:
         raise ValueError("batch_size and part_size must be at least 1")
@@ -365,7 +140,7 @@ def embed_files(
     n_parts = math.ceil(len(items) / part_size)
     part_items = {p: items[p * part_size : (p + 1) * part_size] for p in range(rank, n_parts, world)}
     pending = [p for p, its in part_items.items()
-               if _part_keys(_part_path(parts_dir, p)) != [i.key for i in its]]
+               if part_keys(part_path(parts_dir, p)) != [i.key for i in its]]
     todo = [item for p in pending for item in part_items[p]]
     batches, start = [], 0
     for p in pending:
@@ -406,7 +181,7 @@ def embed_files(
                 for part, part_rows in grouped.items():
                     rows[part] += part_rows
                     if len(rows[part]) == len(part_items[part]):
-                        _write_part(_part_path(parts_dir, part), rows.pop(part))
+                        write_part(part_path(parts_dir, part), rows.pop(part))
                         if sleep:
                             time.sleep(sleep)
                 bar.update(len(batch["items"]))
@@ -414,10 +189,10 @@ def embed_files(
 
     state.wait_for_everyone()
     if state.is_main_process:
-        missing = [p for p in range(n_parts) if not _part_path(parts_dir, p).exists()]
+        missing = [p for p in range(n_parts) if not part_path(parts_dir, p).exists()]
         if missing:
             raise RuntimeError(f"parts {missing} are missing after every process finished")
-        index, errors = _merge_parts(parts_dir, n_parts, settings, window)
+        index, errors = merge_parts(parts_dir, n_parts, settings, window)
         write_index(index, out)
         atomic_write_json(errors_path, errors)
         shutil.rmtree(parts_dir)

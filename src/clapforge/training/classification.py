@@ -2,8 +2,9 @@
 
     clapforge train --config recipes/synth-linear-probe.yaml init.model=runs/clap/hub data.train=runs/corpus
 
-`train()` keeps its loop (Accelerate, schedule, checkpoints, resume); it asks this objective for the model, the data
-streams, each batch, the loss, validation and the export. What LAION's `lp_main.py` / `lp_train.py` do and we do:
+`train()` keeps its loop (Accelerate, schedule, checkpoints, resume); it asks this `TrainingObjective` for the
+model, the data streams, each batch, the loss, validation and the export. What LAION's `lp_main.py` /
+`lp_train.py` do and we do:
 - the model is the CLAP audio encoder + audio projection + a linear or MLP head (`LaionClapForAudioClassification`),
   from `init.model` (a CLAP folder; its text tower is skipped) or randomly initialised from the preset;
 - `freeze_encoder`: the linear probe, encoder frozen and kept in eval mode (LAION `--lp-freeze`); otherwise full
@@ -28,12 +29,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.labelled import read_labelled_files, stream_labelled
 from ..evaluation.classification_metrics import classification_metrics
-from ..evaluation.classification_readers import read_labelled_files, stream_labelled
 from ..modeling_clap.modeling_laion_clap import LaionClapModel
 from ..modeling_clap.modeling_laion_clap_classification import LaionClapForAudioClassification
 from ..presets import create_feature_extractor, load_preset_config
 from .augment import promote_longer, spec_augment
+from .objective import TrainingObjective
 from .recipe import Recipe, RecipeError
 
 logger = logging.getLogger(__name__)
@@ -80,11 +82,12 @@ def do_mixup(x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     return x * lam + x.flip(0) * (1 - lam)
 
 
-class ClassificationObjective:
-    """What `train()` needs from the classification objective; one instance per run."""
+class ClassificationObjective(TrainingObjective):
+    """The classification objective; one instance per run."""
 
     def __init__(self, recipe: Recipe) -> None:
-        self.recipe, self.cfg = recipe, recipe.classification
+        super().__init__(recipe)
+        self.cfg = recipe.classification
         self.class_names = self._class_names()
         self.label2id = {name: i for i, name in enumerate(self.class_names)}
 
@@ -121,6 +124,7 @@ class ClassificationObjective:
         if cfg.freeze_encoder:
             model.freeze_encoder()
         model.train()
+        self.model = model
         return model, create_feature_extractor(recipe.preset, model.config), pretrained
 
     def stream(self, source: str, split: str, *, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1):
@@ -141,7 +145,7 @@ class ClassificationObjective:
     def targets(self, keys: list[str], labels: list[list[str]]) -> torch.Tensor:
         return label_targets(keys, labels, self.label2id, self.cfg.multi_label, self.cfg.first_label_only)
 
-    def make_batch(self, feature_extractor, examples: list[dict], generator: torch.Generator, fused: bool) -> dict:
+    def make_batch(self, feature_extractor, examples: list[dict], generator: torch.Generator) -> dict:
         """Examples -> {input_features, is_longer, labels}, with LAION's augmentation and (optional) mixup."""
         augment = self.recipe.augment
         labels = self.targets([e["key"] for e in examples], [e["labels"] for e in examples])
@@ -149,7 +153,7 @@ class ClassificationObjective:
                                         random_crop=augment.random_crop, generator=generator))
         if augment.spec_augment and not self.cfg.freeze_encoder:
             inputs["input_features"] = spec_augment(inputs["input_features"], generator)
-        if fused and augment.promote_longer:
+        if self.model.config.enable_fusion and augment.promote_longer:
             inputs["is_longer"] = promote_longer(inputs["is_longer"], generator)
         if self.cfg.mixup:
             lam = mix_lambda(self.cfg.mixup_alpha, len(examples), generator)
@@ -161,8 +165,7 @@ class ClassificationObjective:
         inputs["labels"] = labels
         return inputs
 
-    @staticmethod
-    def loss(model, batch: dict) -> torch.Tensor:
+    def loss(self, model, batch: dict) -> torch.Tensor:
         return model(**batch).loss
 
     @torch.no_grad()
@@ -182,22 +185,22 @@ class ClassificationObjective:
         targets = self.targets([e["key"] for e in examples], [e["labels"] for e in examples])
         return classification_metrics(torch.cat(logits), targets, self.cfg.multi_label, self.class_names)
 
-    def export(self, model: LaionClapForAudioClassification, feature_extractor, out: Path) -> Path:
+    def loggable(self, metrics: dict[str, Any]) -> dict[str, float]:
+        """The numbers, and the lists of excluded classes as counts."""
+        out = {}
+        for key, value in metrics.items():
+            if isinstance(value, list):
+                out[f"num_{key}"] = float(len(value))
+            elif isinstance(value, int | float):
+                out[key] = float(value)
+        return out
+
+    def export(self, model: LaionClapForAudioClassification, feature_extractor, metrics: dict[str, Any],
+               out: Path) -> Path:
         folder = out / "hub"
         model.save_pretrained(folder)
         feature_extractor.save_pretrained(folder)
         return folder
-
-
-def numeric(metrics: dict[str, Any]) -> dict[str, float]:
-    """The loggable part of the metrics: numbers, and the excluded-class lists as counts."""
-    out = {}
-    for key, value in metrics.items():
-        if isinstance(value, list):
-            out[f"num_{key}"] = float(len(value))
-        elif isinstance(value, int | float):
-            out[key] = float(value)
-    return out
 
 
 __all__ = ["ClassificationObjective", "LabelError", "do_mixup", "label_targets", "mix_lambda"]

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from ..inference.prompts import DEFAULT_PROMPT
 from ..presets import PRESETS
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -75,7 +76,7 @@ class AugmentConfig:
 class EvalConfig:
     every: int = 200  # steps; 0 disables periodic validation (the final one still runs)
     batch_size: int = 32
-    prompt: str = "This is a sound of {label}."
+    prompt: str = DEFAULT_PROMPT
 
 
 @dataclass
@@ -97,7 +98,7 @@ class ClassificationConfig:
     mixup: bool = False  # LAION --lp-mixup: per-clip lambda ~ Beta(alpha, alpha), mixed with the reversed batch
     mixup_alpha: float = 0.5
     balanced: bool = False  # class-balanced sampling (file-list readers)
-    reader: str = "stream"  # "stream" | "esc50" | "fsd50k" (evaluation/classification_readers.py)
+    reader: str = "stream"  # "stream" | "esc50" | "fsd50k" (data/labelled.py)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""`train(recipe)`: contrastive training of a LaionClapModel with Accelerate, one process or many.
+"""`train(recipe)`: the training loop, with Accelerate, one process or many, for any `TrainingObjective`
+(contrastive CLAP training or classification, `objective.py`).
 
     accelerate launch -m clapforge.train --config recipes/NAME.yaml [dotted.key=value ...]
     clapforge train --config recipes/NAME.yaml [dotted.key=value ...]
@@ -8,9 +9,7 @@ deliberately NOT passed to `accelerator.prepare`: accelerate would shard (or dis
 """
 
 import glob
-import json
 import logging
-import math
 import re
 import time
 from pathlib import Path
@@ -22,19 +21,12 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 
-from ..data.stream import stream_dataset
-from ..evaluation.evaluate import evaluate_clap
-from .augment import promote_longer, spec_augment
 from .checkpoint import complete_checkpoints, resolve_resume, save_checkpoint
-from .classification import ClassificationObjective
-from .classification import numeric as classification_numeric
-from .loss import global_contrastive_loss
+from .objective import objective_for
 from .optim import build_optimizer, warmup_cosine
 from .recipe import Recipe, RecipeError
-from .weights import build_model
 
 logger = logging.getLogger(__name__)
-MAX_LOGIT_SCALE = math.log(100)  # LAION clamps exp(logit_scale_a) to [1, 100] after every step
 
 
 class TrainingDiverged(RuntimeError):
@@ -62,40 +54,6 @@ def _collate(examples: list[dict]) -> list[dict]:
 def _step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     # Augmentation draws depend only on (seed, step, rank): a resumed run repeats them without saved RNG state.
     return torch.Generator().manual_seed(seed * 1_000_003 + step * 1_009 + rank)
-
-
-def make_batch(processor, examples: list[dict], recipe: Recipe, generator: torch.Generator, fused: bool) -> dict:
-    """Examples of the stream -> model inputs, with LAION's training augmentation."""
-    inputs = processor(
-        text=[e["caption"] for e in examples],
-        audio=[e["audio"] for e in examples],
-        sampling_rate=examples[0]["sampling_rate"],
-        random_crop=recipe.augment.random_crop,
-        generator=generator,
-    )
-    if recipe.augment.spec_augment:
-        inputs["input_features"] = spec_augment(inputs["input_features"], generator)
-    if fused and recipe.augment.promote_longer:
-        inputs["is_longer"] = promote_longer(inputs["is_longer"], generator)
-    return dict(inputs)
-
-
-def _validation_set(recipe: Recipe) -> tuple[list[dict], list[str] | None]:
-    """The first `max_validation_clips` validation examples, with labels renamed to the zero-shot class names."""
-    data = recipe.data
-    examples = []
-    for example in stream_dataset(data.validation, split=data.validation_split, shuffle=False, columns=data.columns):
-        examples.append(example)
-        if data.max_validation_clips and len(examples) >= data.max_validation_clips:
-            break
-    labels_file = Path(data.labels) if data.labels else Path(data.validation) / "labels.json"
-    if not labels_file.is_file():
-        return examples, None
-    table = json.loads(labels_file.read_text())
-    names = table.get("labels", {})
-    for example in examples:
-        example["labels"] = [names.get(label, label) for label in example["labels"]]
-    return examples, [names.get(c, c) for c in table["classes"]]
 
 
 def _check_data(recipe: Recipe) -> None:
@@ -132,16 +90,8 @@ def train(recipe: Recipe) -> dict[str, float]:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     set_seed(cfg.seed)
-    # objective: classification -> training/classification.py supplies model, data, batches, loss, validation, export.
-    objective = ClassificationObjective(recipe) if recipe.objective == "classification" else None
-    if objective is not None:
-        model, processor, pretrained = objective.build()
-    else:
-        model, processor, pretrained = build_model(recipe)
-        model.logit_scale_t.requires_grad_(False)
-        if cfg.freeze_text:
-            # eval mode too: a frozen tower's dropout would only add noise to the targets the audio tower chases.
-            model.text_model.requires_grad_(False).eval()
+    objective = objective_for(recipe)
+    model, processor, pretrained = objective.build()
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if cfg.channels_last:
@@ -153,14 +103,6 @@ def train(recipe: Recipe) -> dict[str, float]:
     rank, world = accelerator.process_index, accelerator.num_processes
     train_data = objective.stream(
         recipe.data.train, recipe.data.train_split, shuffle=True, seed=cfg.seed, rank=rank, world_size=world
-    ) if objective is not None else stream_dataset(
-        recipe.data.train,
-        split=recipe.data.train_split,
-        seed=cfg.seed,
-        rank=rank,
-        world_size=world,
-        shuffle_buffer=recipe.data.shuffle_buffer,
-        columns=recipe.data.columns,
     )
     # drop_last: all processes must gather equally sized batches. A generator of its own: each new iterator draws a
     # base seed, which must not come from the global RNG that load_state restores for dropout (a resumed run would
@@ -182,38 +124,20 @@ def train(recipe: Recipe) -> dict[str, float]:
     if recipe.resume:
         accelerator.load_state(str(resolve_resume(recipe.resume, checkpoints)))
         logger.info("resumed at step %d", progress.step)
-    validation, class_names = [], None
-    if recipe.data.validation and objective is not None:
-        validation = objective.validation_set()  # the objective's reader (esc50, fsd50k, ...), not the shard stream
-    elif recipe.data.validation:
-        validation, class_names = _validation_set(recipe)
+    validation = objective.validation_set() if recipe.data.validation else []
     if accelerator.is_main_process:
         accelerator.init_trackers(recipe.name, config=_flat(recipe.to_dict()))
 
     metrics: dict[str, float] = {}
     bar = tqdm(total=cfg.max_steps, initial=progress.step, disable=not accelerator.is_local_main_process, desc="train")
-    fused = unwrapped.config.enable_fusion
     started, seen, saved_at = time.perf_counter(), 0, None
     while progress.step < cfg.max_steps:
         train_data.set_epoch(progress.epoch)
         for examples in loader:
-            generator = _step_generator(cfg.seed, progress.step, rank)
-            if objective is not None:
-                batch = objective.make_batch(processor, examples, generator, fused)
-            else:
-                batch = make_batch(processor, examples, recipe, generator, fused)
+            batch = objective.make_batch(processor, examples, _step_generator(cfg.seed, progress.step, rank))
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with accelerator.autocast():
-                if objective is not None:
-                    loss = objective.loss(model, batch)
-                else:
-                    output = model(**batch)
-                    loss = global_contrastive_loss(
-                        output.audio_embeds.float(),
-                        output.text_embeds.float(),
-                        unwrapped.logit_scale_a,
-                        local_loss=cfg.local_loss,
-                    )
+                loss = objective.loss(model, batch)
             if not torch.isfinite(loss):
                 last = complete_checkpoints(checkpoints)
                 raise TrainingDiverged(
@@ -227,9 +151,7 @@ def train(recipe: Recipe) -> dict[str, float]:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            if objective is None:
-                with torch.no_grad():
-                    unwrapped.logit_scale_a.clamp_(0, MAX_LOGIT_SCALE)
+            objective.after_step()
             progress.step += 1
             seen += len(examples) * world
             throughput = seen / (time.perf_counter() - started)
@@ -237,9 +159,9 @@ def train(recipe: Recipe) -> dict[str, float]:
                 {
                     "train/loss": loss.item(),
                     "train/lr": scheduler.get_last_lr()[0],
-                    "train/logit_scale": unwrapped.logit_scale_a.exp().item() if objective is None else 0.0,
                     "train/samples_per_s": throughput,
                     "train/skipped_samples": train_data.skip_counter.total(),
+                    **objective.step_logs(),
                 },
                 step=progress.step,
             )
@@ -248,9 +170,7 @@ def train(recipe: Recipe) -> dict[str, float]:
                 loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", samples_s=f"{throughput:.1f}"
             )
             if recipe.eval.every and progress.step % recipe.eval.every == 0 and validation:
-                metrics = _validate(
-                    accelerator, unwrapped, processor, validation, class_names, recipe, progress.step, objective
-                )
+                metrics = _validate(accelerator, objective, unwrapped, processor, validation, recipe, progress.step)
             if recipe.checkpoint.every and progress.step % recipe.checkpoint.every == 0:
                 save_checkpoint(accelerator, checkpoints, progress.step, recipe.checkpoint.keep_last)
                 saved_at = progress.step
@@ -262,45 +182,21 @@ def train(recipe: Recipe) -> dict[str, float]:
     if saved_at != progress.step:  # the periodic save may have just written this very step
         save_checkpoint(accelerator, checkpoints, progress.step, recipe.checkpoint.keep_last)
     if validation:
-        metrics = _validate(
-            accelerator, unwrapped, processor, validation, class_names, recipe, progress.step, objective
-        )
+        metrics = _validate(accelerator, objective, unwrapped, processor, validation, recipe, progress.step)
     if accelerator.is_main_process:
-        if objective is not None:
-            objective.export(unwrapped, processor, out)
-        else:
-            _export(unwrapped, processor, recipe, metrics, out)
+        objective.export(unwrapped, processor, metrics, out)
     accelerator.end_training()
     return metrics
 
 
-def _validate(
-    accelerator, model, processor, validation, class_names, recipe: Recipe, step: int, objective=None
-) -> dict[str, float]:
+def _validate(accelerator, objective, model, processor, validation, recipe: Recipe, step: int) -> dict[str, float]:
     metrics: dict[str, float] = {}
     if accelerator.is_main_process:
-        if objective is not None:
-            metrics = objective.validate(model, processor, validation, recipe.eval.batch_size)
-            accelerator.log({f"val/{k}": v for k, v in classification_numeric(metrics).items()}, step=step)
-        else:
-            metrics = evaluate_clap(
-                model, processor, validation, class_names, prompt=recipe.eval.prompt,
-                batch_size=recipe.eval.batch_size,
-            )
-            accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
+        metrics = objective.validate(model, processor, validation, recipe.eval.batch_size)
+        accelerator.log({f"val/{k}": v for k, v in objective.loggable(metrics).items()}, step=step)
         logger.info("step %d validation: %s", step, metrics)
     accelerator.wait_for_everyone()
     return metrics
-
-
-def _export(model, processor, recipe: Recipe, metrics: dict[str, float], out: Path) -> None:
-    from ..hub import export_hub_folder, push_folder
-
-    folder = export_hub_folder(
-        model, processor, out / "hub", recipe=recipe.to_dict(), metrics=metrics, model_name=recipe.name
-    )
-    if recipe.push_to_hub:
-        push_folder(folder, recipe.push_to_hub)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Nothing is downloaded: every reader reads files the user already has (a Hub id given as a `datasets` source is
 loaded through `datasets`' own cache). Audio is not read here either; `Clip.audio` names where it is, and
-`tasks.py` decodes it in DataLoader workers, skipping (and counting) what does not decode.
+`evaluation/tasks.py` decodes it in DataLoader workers, skipping (and counting) what does not decode.
 
 Layouts accepted (ROOT is `--data`):
 
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data.sources import AUDIO_EXTENSIONS
+from .sources import AUDIO_EXTENSIONS
 
 ZERO_SHOT = "zero-shot"
 RETRIEVAL = "retrieval"
@@ -123,7 +123,7 @@ def read_datasets_source(
     """
     import datasets
 
-    from ..data.sources import DatasetsSource, label_names, resolve_source
+    from .sources import DatasetsSource, label_names, resolve_source
 
     resolved = resolve_source(source, split or "train", {"audio": audio_column, "labels": label_column})
     if not isinstance(resolved, DatasetsSource):

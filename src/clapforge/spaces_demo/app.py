@@ -12,6 +12,7 @@ upload, default 20mb), CONCURRENCY (requests computed at once, default 2), QUEUE
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,13 @@ MAX_SECONDS = float(os.environ.get("MAX_SECONDS", "120"))
 MAX_FILE_SIZE = os.environ.get("MAX_FILE_SIZE", "20mb")
 CONCURRENCY = int(os.environ.get("CONCURRENCY", "2"))
 QUEUE_SIZE = int(os.environ.get("QUEUE_SIZE", "64"))
+# The one copy outside clapforge.inference.prompts: a Space runs without clapforge (tests/test_space.py checks both).
 DEFAULT_PROMPT = "This is a sound of {label}."
 EXAMPLES_DIR = Path(__file__).parent / "examples"
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".aiff", ".aif"}
 TOP_K = 5  # audio players shown for a search; the table ranks every clip
+# Any of these in a model folder means it carries a tokenizer (transformers writes tokenizer_config.json with any).
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.json", "vocab.txt", "spiece.model")
 
 
 def example_clips() -> list[str]:
@@ -45,12 +49,39 @@ def parse_lines(text: str | None, what: str) -> list[str]:
     return items
 
 
+def load_processor(model_path: str) -> Any:
+    """The model's processor; a ValueError naming the folder and the fix when it has no tokenizer.
+
+    Every tab embeds text, so a model without a tokenizer (`clapforge convert ... --no-tokenizer`) is refused at start.
+    Without tokenizer files AutoProcessor returns the bare feature extractor (the app would fail at its first request
+    with an AttributeError), or, where clapforge has registered its processor class, fails to build the tokenizer.
+    """
+    try:
+        processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=True)
+    except (OSError, ValueError) as error:
+        if os.path.isdir(model_path) and not any(os.path.isfile(os.path.join(model_path, f)) for f in TOKENIZER_FILES):
+            raise ValueError(missing_tokenizer_message(model_path)) from error
+        raise
+    if getattr(processor, "tokenizer", None) is None:
+        raise ValueError(missing_tokenizer_message(model_path))
+    return processor
+
+
+def missing_tokenizer_message(model_path: str) -> str:
+    return (
+        f"MODEL={model_path} has no tokenizer, so it cannot embed text (labels, queries, captions). Convert it again "
+        "with `clapforge convert CHECKPOINT OUT --tokenizer roberta-base` (the tokenizer of LAION-CLAP's RoBERTa text "
+        "towers; for another text tower, its own tokenizer), or save the text tower's tokenizer into the folder: "
+        f"`AutoTokenizer.from_pretrained(NAME).save_pretrained({model_path!r})`."
+    )
+
+
 class ClapDemo:
     """The loaded model and processor, and the three functions the tabs call."""
 
     def __init__(self, model_path: str) -> None:
+        self.processor = load_processor(model_path)
         self.model = AutoModel.from_pretrained(model_path, trust_remote_code=True).eval()
-        self.processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=True)
         self.sampling_rate = int(self.processor.feature_extractor.sampling_rate)
         # A fast tokenizer is not safe to call from two threads at once ("Already borrowed"); the model is.
         self._tokenizer_lock = threading.Lock()
@@ -222,4 +253,8 @@ def launch_kwargs() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    build_demo(os.environ.get("MODEL", "runs/demo/hub")).launch(**launch_kwargs())
+    try:
+        demo = build_demo(os.environ.get("MODEL", "runs/demo/hub"))
+    except ValueError as error:  # a folder the demo cannot serve: the message says why and what to do
+        sys.exit(f"app.py: {error}")
+    demo.launch(**launch_kwargs())

@@ -5,7 +5,7 @@ Layouts (`classification.reader` in a recipe; ROOT is `data.train` / `data.valid
 - `stream` (default): anything `clapforge.data.stream.stream_dataset` reads: webdataset shards (a sample's labels
   are its json `tag` list, e.g. the `clapforge synth` corpus) or any `datasets` source with a label or labels
   column (`data.columns: {labels: <column>}`; ClassLabel ids become their names, a list column is multi-label).
-- `esc50`: the ESC-50 repository layout (ROOT/meta/esc50.csv + ROOT/audio/), read by `benchmarks.read_esc50`; the
+- `esc50`: the ESC-50 repository layout (ROOT/meta/esc50.csv + ROOT/audio/), read by `benchmark_sets.read_esc50`; the
   "split" is a comma-separated list of folds ("1,2,3,4" to train, "5" to validate), so the 5-fold protocol is five
   runs with `data.train_split` / `data.validation_split` overridden.
 - `fsd50k`: the FSD50K release layout: ROOT/FSD50K.ground_truth/{dev,eval}.csv (`fname,labels,mids[,split]`,
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .benchmarks import read_esc50
+from .benchmark_sets import read_esc50
 
 logger = logging.getLogger(__name__)
 READERS = ("stream", "esc50", "fsd50k")
@@ -99,7 +99,7 @@ class _Decode:
         self.counter = counter
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        from ..data.shards import SAMPLE_RATE, decode_audio
+        from .shards import SAMPLE_RATE, decode_audio
 
         try:
             audio = decode_audio(Path(row["path"]).read_bytes(), SAMPLE_RATE)
@@ -129,7 +129,7 @@ def stream_labelled(
     with replacement, each clip with probability proportional to 1 / (count of its rarest label), so every class
     is drawn about equally often. The draw is seeded by `seed`.
     """
-    from ..data.stream import SkipCounter, stream_dataset
+    from .stream import SkipCounter, stream_dataset
 
     if reader == "stream":
         if balanced:

@@ -1,0 +1,51 @@
+"""`clapforge classify MODEL FILES... --labels "dog,rain,siren"`: zero-shot label probabilities per audio file."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..inference.prompts import DEFAULT_PROMPT
+from ._format import format_table
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("classify", help="zero-shot probabilities of labels for audio files")
+    parser.add_argument("model", help="clapforge model folder or Hub id")
+    parser.add_argument("files", nargs="+", help="audio files (or folders)")
+    parser.add_argument("--labels", required=True, help="comma-separated labels, e.g. 'dog,rain,siren'")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="text template with {label}")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..inference.loading import load_model
+    from ..tools.api import classify
+    from ..tools.embed_inputs import AudioItems, list_inputs
+
+    labels = [label.strip() for label in args.labels.split(",") if label.strip()]
+    if not labels:
+        raise ValueError("--labels needs at least one label, e.g. --labels 'dog,rain,siren'")
+    loaded = load_model(args.model)
+    sr = getattr(loaded[1], "feature_extractor", loaded[1]).sampling_rate
+    audio, names, errors = [], [], []
+    for name in args.files:
+        items, _ = list_inputs(name)
+        for item in items:
+            item, clip = AudioItems([item], None, sr)[0]
+            key = name if len(items) == 1 else f"{name}/{item.key}"
+            if isinstance(clip, str):
+                errors.append((key, clip))
+            else:
+                audio.append(clip)
+                names.append(key)
+    rows = []
+    if audio:
+        probs = classify(audio, labels, loaded, prompt=args.prompt, sampling_rate=sr, batch_size=args.batch_size)
+        for name, p in zip(names, probs.tolist(), strict=True):
+            rows.append([name, labels[max(range(len(labels)), key=p.__getitem__)], *p])
+        print(format_table(["file", "best", *labels], rows))
+    if errors:
+        print(f"{len(errors)} file(s) could not be read and were skipped:")
+        print(format_table(["file", "reason"], errors))
+    return 0 if audio else 1

@@ -1,0 +1,40 @@
+"""`clapforge search INDEX "query"` (or `--audio FILE`): nearest neighbours in an embeddings file."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._format import format_seconds, format_table
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("search", help="nearest neighbours of a text or audio query in an embeddings file")
+    parser.add_argument("index", help=".parquet or .safetensors written by `clapforge embed`")
+    parser.add_argument("query", nargs="?", help="text query")
+    parser.add_argument("--audio", help="audio file query instead of text")
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--model", help="model folder or Hub id (default: the one the index was made with)")
+    parser.add_argument(
+        "--windows",
+        action="store_true",
+        help="rank files by their best 10 s window and say where it is (index made with --window)",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..tools.api import search
+
+    if (args.query is None) == (args.audio is None):
+        raise ValueError("give a text query or --audio FILE (one of them)")
+    results = search(
+        args.index, text=args.query, audio=args.audio, model=args.model, top_k=args.top_k, windows=args.windows
+    )
+    if args.windows:
+        rows = [
+            (r["rank"], r["score"], r["key"], format_seconds(r["start"]), format_seconds(r["end"])) for r in results
+        ]
+        print(format_table(["rank", "score", "key", "start", "end"], rows))
+    else:
+        print(format_table(["rank", "score", "key"], [(r["rank"], r["score"], r["key"]) for r in results]))
+    return 0

@@ -1,0 +1,68 @@
+"""Loading a model and its processor: one loader, cached per process and device."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ModelLike = str | os.PathLike | tuple[Any, Any]
+
+_LOADED: dict[tuple[str, str, tuple], tuple[Any, Any]] = {}
+
+
+def model_reference(model: str | os.PathLike) -> str:
+    """How an index records its model: the absolute path of a local folder, else the Hub id as given."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.is_dir() else str(model)
+
+
+def load_model(model: ModelLike, device: str | torch.device | None = None) -> tuple[Any, Any]:
+    """(model in eval mode, processor) for a folder or Hub id, cached per process (until the folder's weights change);
+    a `(model, processor)` pair is returned as is.
+
+    The processor is a `LaionClapProcessor`, or the bare `LaionClapFeatureExtractor` for a folder saved without a
+    tokenizer (enough to embed audio; `tokenizer_of` refuses it for text).
+    """
+    if isinstance(model, tuple):
+        if len(model) != 2:
+            raise ValueError("model must be a folder, a Hub id or a (model, processor) pair")
+        return model
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    name = model_reference(model)
+    cache_key = (name, str(device), _weights_stamp(name))
+    if cache_key not in _LOADED:
+        from ..modeling_clap.modeling_laion_clap import LaionClapModel
+        from ..processing.feature_extraction_laion_clap import LaionClapFeatureExtractor
+        from ..processing.processing_laion_clap import LaionClapProcessor
+
+        loaded = LaionClapModel.from_pretrained(name).to(device).eval()
+        try:
+            processor = LaionClapProcessor.from_pretrained(name)
+        except (OSError, ValueError, TypeError):
+            processor = LaionClapFeatureExtractor.from_pretrained(name)
+        _LOADED[cache_key] = (loaded, processor)
+    return _LOADED[cache_key]
+
+
+def _weights_stamp(name: str) -> tuple:
+    """Size and modification time of a local folder's weights: a folder written again (a new training run into the
+    same output folder) is loaded again, not served stale from the cache. Hub ids: ()."""
+    folder = Path(name)
+    if not folder.is_dir():
+        return ()
+    return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.glob("*.safetensors")))
+
+
+def feature_extractor_of(processor: Any) -> Any:
+    """The feature extractor of a processor (or the extractor itself)."""
+    return getattr(processor, "feature_extractor", processor)
+
+
+def tokenizer_of(processor: Any) -> Any:
+    """The processor, checked to hold a tokenizer (a folder saved without one can only embed audio)."""
+    if getattr(processor, "tokenizer", None) is None:
+        raise ValueError("this model folder has no tokenizer: text needs a model saved with its tokenizer")
+    return processor

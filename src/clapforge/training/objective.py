@@ -1,0 +1,72 @@
+"""What `train()` asks of a training objective. Each objective is a class with this interface, so the loop in
+`train.py` reads top to bottom with no per-objective branches (as open_clip's training tasks do).
+
+Objectives: `contrastive` (CLAP pre-training or fine-tuning, `contrastive.py`) and `classification` (LAION's linear
+probe / fine-tune, `classification.py`). A new one subclasses `TrainingObjective` and is named in `OBJECTIVES`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .recipe import Recipe
+
+
+class TrainingObjective:
+    """One instance per run; `build` comes first, the other methods follow the loop's stages."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+
+    def build(self) -> tuple[nn.Module, Any, tuple[str, ...]]:
+        """(model in train mode, its processor or feature extractor, name prefixes of parameters that start
+        pretrained, which train at `train.pretrained_lr`)."""
+        raise NotImplementedError
+
+    def stream(self, source: str, split: str, *, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1):
+        """The examples of `source` for this process (a `datasets.IterableDataset` with a `skip_counter`)."""
+        raise NotImplementedError
+
+    def validation_set(self) -> list[dict]:
+        """The validation examples, read once before training (and checked, so bad data fails before step 1)."""
+        raise NotImplementedError
+
+    def make_batch(self, processor: Any, examples: list[dict], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Examples of the stream -> model inputs, with the training augmentation drawn from `generator`."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The scalar loss of one batch (`model` may be wrapped for distributed training)."""
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Runs after each optimizer step (e.g. clamping a learned temperature)."""
+
+    def step_logs(self) -> dict[str, float]:
+        """Objective-specific values logged with every step, beside the loss and learning rate."""
+        return {}
+
+    def validate(self, model: nn.Module, processor: Any, examples: list[dict], batch_size: int) -> dict[str, Any]:
+        """Validation metrics of the unwrapped model on `examples`."""
+        raise NotImplementedError
+
+    def loggable(self, metrics: dict[str, Any]) -> dict[str, float]:
+        """The part of `validate`'s metrics a tracker takes (numbers only)."""
+        return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+
+    def export(self, model: nn.Module, processor: Any, metrics: dict[str, Any], out: Path) -> Path:
+        """Write the final model folder under `out` (and push it when the recipe asks); returns the folder."""
+        raise NotImplementedError
+
+
+def objective_for(recipe: Recipe) -> TrainingObjective:
+    """The objective a recipe names (`objective:`)."""
+    from .classification import ClassificationObjective
+    from .contrastive import ContrastiveObjective
+
+    objectives = {"contrastive": ContrastiveObjective, "classification": ClassificationObjective}
+    return objectives[recipe.objective](recipe)
