@@ -133,12 +133,7 @@ class ClassificationObjective(TrainingObjective):
                                balanced=self.cfg.balanced and shuffle)
 
     def validation_set(self) -> list[dict]:
-        data = self.recipe.data
-        examples = []
-        for example in self.stream(data.validation, data.validation_split, shuffle=False):
-            examples.append(example)
-            if data.max_validation_clips and len(examples) >= data.max_validation_clips:
-                break
+        examples = self.first_validation_examples()
         self.targets([e["key"] for e in examples], [e["labels"] for e in examples])  # fail before training starts
         return examples
 

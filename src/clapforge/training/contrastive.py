@@ -43,11 +43,7 @@ class ContrastiveObjective(TrainingObjective):
     def validation_set(self) -> list[dict]:
         """The first `max_validation_clips` validation examples, labels renamed to the zero-shot class names."""
         data = self.recipe.data
-        examples = []
-        for example in self.stream(data.validation, data.validation_split, shuffle=False):
-            examples.append(example)
-            if data.max_validation_clips and len(examples) >= data.max_validation_clips:
-                break
+        examples = self.first_validation_examples()
         labels_file = Path(data.labels) if data.labels else Path(data.validation) / "labels.json"
         if labels_file.is_file():
             table = json.loads(labels_file.read_text())

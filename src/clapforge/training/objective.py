@@ -7,6 +7,7 @@ probe / fine-tune, `classification.py`). A new one subclasses `TrainingObjective
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,12 @@ class TrainingObjective:
     def validation_set(self) -> list[dict]:
         """The validation examples, read once before training (and checked, so bad data fails before step 1)."""
         raise NotImplementedError
+
+    def first_validation_examples(self) -> list[dict]:
+        """The first `data.max_validation_clips` examples of the validation split (all when it is unset), in order."""
+        data = self.recipe.data
+        stream = self.stream(data.validation, data.validation_split, shuffle=False)
+        return list(itertools.islice(stream, data.max_validation_clips or None))
 
     def make_batch(self, processor: Any, examples: list[dict], generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Examples of the stream -> model inputs, with the training augmentation drawn from `generator`."""
