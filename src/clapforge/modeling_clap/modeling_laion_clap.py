@@ -7,8 +7,12 @@ Public tensor names follow transformers' `ClapModel` (`input_features`, `is_long
 `logits_per_audio`), so pipelines and user code written for it work here.
 """
 
+import json
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -155,6 +159,32 @@ class _TextTower:
         return F.normalize(self.text_projection(pooled), dim=-1)
 
 
+# Written beside the weights by `LaionClapModel.save_pretrained`, so that `SentenceTransformer(folder,
+# trust_remote_code=True)` loads the folder: one `Transformer` module whose modalities call the two embedding methods
+# (already L2-normalised: no Pooling or Normalize module), with the processor's 77-token text limit.
+SENTENCE_TRANSFORMERS_FILES = {
+    "modules.json": [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"}
+    ],
+    "sentence_bert_config.json": {
+        "transformer_task": "feature-extraction",
+        "modality_config": {
+            "text": {"method": "get_text_embeds", "method_output_name": None},
+            "audio": {"method": "get_audio_embeds", "method_output_name": None},
+        },
+        "module_output_name": "sentence_embedding",
+        "max_seq_length": 77,
+    },
+    "config_sentence_transformers.json": {
+        "model_type": "SentenceTransformer",
+        "prompts": {},
+        "default_prompt_name": None,
+        "similarity_fn_name": "cosine",
+        "requirements": {"sentence-transformers": ">=6.2", "transformers": ">=5.0"},
+    },
+}
+
+
 class LaionClapModel(_AudioTower, _TextTower, LaionClapPreTrainedModel):
     """The full CLAP: `forward` scores every clip against every text; one call per tower gives embeddings."""
 
@@ -197,6 +227,13 @@ class LaionClapModel(_AudioTower, _TextTower, LaionClapPreTrainedModel):
         loss = contrastive_loss(audio_embeds, text_embeds, self.logit_scale_a) if return_loss else None
         output = LaionClapOutput(loss, logits_per_audio, logits_per_audio.T, audio_embeds, text_embeds)
         return output if return_dict is not False else output.to_tuple()
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """transformers' folder, plus the sentence-transformers configuration (`SENTENCE_TRANSFORMERS_FILES`)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            for name, content in SENTENCE_TRANSFORMERS_FILES.items():
+                (Path(save_directory) / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
 
 
 class LaionClapAudioModelWithProjection(_AudioTower, LaionClapPreTrainedModel):
