@@ -96,6 +96,9 @@ def test_model_card_parses_back_with_metrics_and_recipe(tmp_path):
     recipe_block = re.search(r"```yaml\n(.*?)```", card.text, re.DOTALL)
     assert recipe_block is not None and yaml.safe_load(recipe_block.group(1)) == RECIPE
     assert f'AutoModel.from_pretrained("{REPO}", trust_remote_code=True)' in card.text
+    # The usage section shows the three ways in, side by side.
+    assert f'SentenceTransformer("{REPO}", trust_remote_code=True)' in card.text
+    assert f'clapforge.embed_audio(["dog.wav", "rain.flac"], model="{REPO}")' in card.text
     assert "| Zero-shot audio classification | Zero-shot top-1 accuracy | 0.8125 | 0.2500 |" in card.text
     assert "| Audio-text retrieval | Audio-to-text mAP@10 | 0.4375 |  |" in card.text
     assert "(validation; 16 clips; 32 captions)" in card.text

@@ -133,3 +133,35 @@ def test_convert_and_export_folders_carry_the_sentence_transformers_files(tmp_pa
     assert config["modality_config"]["text"]["method"] == "get_text_embeds"
     # transformers' own ClapModel folder is not ours to describe.
     assert not (tmp_path / "hf" / "modules.json").exists()
+
+
+def test_sentence_transformers_trainer_fine_tunes_on_audio_caption_pairs(folder, tmp_path):
+    """The stretch goal of issue 14: the sentence-transformers trainer runs on (audio, caption) pairs with an
+    in-batch contrastive loss and moves both towers."""
+    from datasets import Audio, Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+
+    folder = folder[0]
+    model = SentenceTransformer(str(folder), trust_remote_code=True, local_files_only=True, device="cpu")
+    rng = np.random.default_rng(0)
+    rows = {
+        "audio": [{"array": (0.1 * rng.standard_normal(48000 * 3)).astype(np.float32), "sampling_rate": 48000}
+                  for _ in range(8)],
+        "caption": TEXTS + ["the sound of a bell"] + TEXTS + ["keys jingle"],
+    }
+    pairs = Dataset.from_dict(rows).cast_column("audio", Audio(sampling_rate=48000))
+    clap = model[0].model
+    before = {name: p.detach().clone() for name, p in clap.named_parameters() if "projection" in name}
+    args = SentenceTransformerTrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=4,
+                                                max_steps=2, report_to=[], save_strategy="no", use_cpu=True)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=pairs,
+                                         loss=MultipleNegativesRankingLoss(model))
+    assert np.isfinite(trainer.train().training_loss)
+    moved = {name.split(".")[0] for name, p in clap.named_parameters() if name in before and
+             not torch.equal(before[name], p.detach())}
+    assert moved == {"audio_projection", "text_projection"}

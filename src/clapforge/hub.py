@@ -163,6 +163,22 @@ def model_card(
         "    outputs = model(**inputs)\n"
         "probabilities = outputs.logits_per_audio.softmax(dim=-1)  # (clips, labels)\n"
         "audio_embeds, text_embeds = outputs.audio_embeds, outputs.text_embeds  # L2-normalised\n"
+        "```\n\n"
+        "With [sentence-transformers](https://sbert.net) (6.2 or newer), which also opens MTEB/MAEB and vector "
+        "databases; audio is a file path or a `{\"array\", \"sampling_rate\"}` dict, one rate per call:\n\n"
+        "```python\n"
+        "from sentence_transformers import SentenceTransformer\n\n"
+        f'model = SentenceTransformer("{repo}", trust_remote_code=True)\n'
+        'audio_embeds = model.encode(["dog.wav", "rain.flac"])\n'
+        'text_embeds = model.encode(["a dog barking", "rain on a roof"])\n'
+        "similarity = model.similarity(audio_embeds, text_embeds)  # cosine, (clips, texts)\n"
+        "```\n\n"
+        "With [clapforge](https://github.com/clapforge/clapforge) (`pip install clapforge`), which adds batch "
+        "embedding to an index, search and zero-shot classification of files:\n\n"
+        "```python\n"
+        "import clapforge\n\n"
+        f'audio_embeds = clapforge.embed_audio(["dog.wav", "rain.flac"], model="{repo}")\n'
+        f'probabilities = clapforge.classify(["dog.wav"], ["a dog barking", "rain on a roof"], model="{repo}")\n'
         "```"
     )
     if eval_results:
