@@ -254,6 +254,16 @@ def test_conversion_without_a_tokenizer_is_refused_unless_asked_for(tmp_path):
     assert json.loads((tmp_path / "audio-only" / "preprocessor_config.json").read_text())["truncation"] == "fusion"
 
 
+def test_cli_convert_without_a_tokenizer_names_the_fix(tmp_path, capsys):
+    from clapforge.cli import main
+
+    torch.save(laion_checkpoint_from(hf_model("tiny", False)), tmp_path / "630k.pt")
+    assert main(["convert", str(tmp_path / "630k.pt"), str(tmp_path / "refused")]) == 2
+    assert "--tokenizer roberta-base" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+    assert main(["convert", str(tmp_path / "630k.pt"), str(tmp_path / "audio-only"), "--no-tokenizer"]) == 0
+    assert (tmp_path / "audio-only" / "conversion_report.json").is_file()
+
+
 def test_cli_convert_reports_errors_clearly(tmp_path, capsys):
     from clapforge.cli import main
 

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write_json
 from .resources import recipe_path
 
 DEFAULT_OUT = "runs/demo"
@@ -157,7 +158,7 @@ def run_demo(
         "goals_met": goals,
         "hub": str(out / "hub"),
     }
-    (out / "demo.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(out / "demo.json", report, indent=2)
 
     print()
     print(format_table(metrics))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_write_json
 from ..modeling_clap.configuration_laion_clap import LaionClapConfig
 from ..modeling_clap.modeling_laion_clap import LaionClapModel
 from .common import ConversionReport, load_converted
@@ -107,9 +108,8 @@ def convert_checkpoint(
             LaionClapProcessor(feature_extractor, tok).save_pretrained(dst)
         else:
             feature_extractor.save_pretrained(dst)
-    (dst / "conversion_report.json").write_text(
-        json.dumps({"source": report.source, "kind": report.kind, "dropped_keys": report.dropped_keys}, indent=2)
-    )
+    report_json = {"source": report.source, "kind": report.kind, "dropped_keys": report.dropped_keys}
+    atomic_write_json(dst / "conversion_report.json", report_json, indent=2)
     return report
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..atomic import atomic_write_json, atomic_write_text
 from ..data.benchmark_sets import RETRIEVAL, ZERO_SHOT, Benchmark
 from ..data.shards import SAMPLE_RATE, decode_audio
 from ..inference.embedding import embed_audio_batches, embed_texts
@@ -317,17 +318,16 @@ def model_index(results: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def write_results(results: Mapping[str, Any], out: str | os.PathLike) -> dict[str, Path]:
     """Write `out` (JSON), `<stem>.md` (the table) and `<stem>.model-index.yaml` beside it; returns the paths."""
-    import json
 
     import yaml
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = {"json": out, "markdown": out.with_suffix(".md"), "model_index": out.with_suffix(".model-index.yaml")}
-    paths["json"].write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    paths["markdown"].write_text(markdown_table(results), encoding="utf-8")
+    atomic_write_json(paths["json"], results, indent=2)
+    atomic_write_text(paths["markdown"], markdown_table(results))
     block = yaml.safe_dump({"model-index": model_index(results)}, sort_keys=False, allow_unicode=True)
-    paths["model_index"].write_text(block, encoding="utf-8")
+    atomic_write_text(paths["model_index"], block)
     return paths
 
 
