@@ -61,14 +61,9 @@ def ensure_corpus(folder: Path, clips: int, seed: int) -> bool:
 
 def held_out_examples(corpus: Path) -> tuple[list[dict], list[str]]:
     """The held-out test split, each example's labels renamed to the zero-shot label names of labels.json."""
-    from .data.stream import stream_dataset
+    from .data.labels import labelled_split
 
-    table = json.loads((corpus / "labels.json").read_text())
-    names = table["labels"]
-    examples = list(stream_dataset(str(corpus), split="test", shuffle=False))
-    for example in examples:
-        example["labels"] = [names.get(label, label) for label in example["labels"]]
-    return examples, [names[c] for c in table["classes"]]
+    return labelled_split(corpus, "test")
 
 
 def evaluate_folder(folder: Path, corpus: Path, prompt: str, batch_size: int = 32) -> dict[str, float]:

@@ -1,8 +1,16 @@
 """`clapforge eval MODEL --task NAME --data PATH`: a benchmark as the paper reports it.
+`clapforge eval MODEL --benchmark NAME`: an MTEB / MAEB benchmark or task list, run by mteb.
 
-The protocols are in `clapforge.evaluation.tasks`; tasks and the layouts they read are described in
+--task: the protocols are in `clapforge.evaluation.tasks`; tasks and the layouts they read are described in
 `clapforge.data.benchmark_sets`. Prints the paper-style table; `--out results.json` also writes `results.md` and
 `results.model-index.yaml` beside it.
+
+--benchmark: a named mteb benchmark ("MAEB"), a comma-separated list of mteb task names
+("ESC50_Zeroshot,ClothoT2ARetrieval"), or "synthetic" with `--data CORPUS`: zero-shot classification and
+text-to-audio retrieval on a split of a `clapforge synth` corpus, offline (`clapforge.evaluation.mteb_bridge`). mteb
+runs the model through its sentence-transformers wrapper; its result files go to `--results-dir`, by default
+`<out stem>_mteb/` beside `--out` (without `--out`: mteb's cache, $MTEB_CACHE or ~/.cache/mteb). `--out results.json`
+writes the summary, `results.md` and `results.model-index.yaml` (one entry per mteb task) beside it.
 """
 
 from __future__ import annotations
@@ -16,13 +24,19 @@ TASK_CHOICES = ("esc50", "urbansound8k", "us8k", "zero-shot", "audiocaps", "clot
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="clapforge model folder or Hub id")
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument(
         "--task",
-        required=True,
         choices=TASK_CHOICES,
         help="esc50, urbansound8k (us8k), zero-shot (any datasets source with a label column), audiocaps, clotho",
     )
-    parser.add_argument("--data", required=True, help="the benchmark's local folder, CSV, or datasets source")
+    which.add_argument(
+        "--benchmark",
+        metavar="NAME",
+        help="run mteb instead: a benchmark (MAEB), comma-separated mteb task names, or 'synthetic' (needs --data)",
+    )
+    parser.add_argument("--data", help="the benchmark's local folder, CSV, or datasets source; with --benchmark "
+                        "synthetic, a `clapforge synth` corpus folder")
     parser.add_argument(
         "--fold",
         type=int,
@@ -32,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--split",
         help="audiocaps: test (default), val, train; clotho: evaluation (default), "
-        "validation, development; zero-shot: the datasets split (default test)",
+        "validation, development; zero-shot and --benchmark synthetic: the split (default test)",
     )
     parser.add_argument("--audio-dir", help="audiocaps/clotho: the audio folder, if not the default places")
     parser.add_argument(
@@ -62,6 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="torch device (default cuda if available, else cpu)")
     parser.add_argument("--model-name", help="the model's name in tables and the model-index (default: MODEL)")
     parser.add_argument("--out", help="write results JSON here, plus <stem>.md and <stem>.model-index.yaml")
+    parser.add_argument("--results-dir", help="--benchmark: where mteb writes its result files (default "
+                        "<out stem>_mteb/ beside --out, else mteb's cache)")
+    parser.add_argument("--overwrite", action="store_true", help="--benchmark: run mteb tasks again even when their "
+                        "results are in the results directory (local tasks always run)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -77,6 +95,12 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.benchmark is not None:
+        return run_mteb_benchmark(args)
+    if args.data is None:
+        raise ValueError(f"--task {args.task} needs --data: the benchmark's folder, CSV or datasets source")
+    if args.results_dir or args.overwrite:
+        raise ValueError("--results-dir and --overwrite apply to --benchmark only")
     from ..data.benchmark_sets import load_benchmark
     from ..evaluation.tasks import markdown_table, run_benchmark, write_results
     from ..inference.loading import load_model, tokenizer_of
@@ -122,5 +146,56 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.out:
         paths = write_results(results, args.out)
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def run_mteb_benchmark(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..evaluation.mteb_bridge import SYNTHETIC, markdown_summary, run_mteb, write_mteb_results
+    from ..inference.prompts import DEFAULT_PROMPT, format_prompt
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    synthetic = args.benchmark.strip().lower() == SYNTHETIC
+    for flag, given in (("--fold", args.fold is not None), ("--audio-dir", args.audio_dir is not None),
+                        ("--map-variant", args.map_variant != "sorted")):
+        if given:
+            raise ValueError(f"{flag} applies to --task only")
+    if not synthetic:
+        for flag, given in (("--data", args.data is not None), ("--prompt", bool(args.prompts)),
+                            ("--split", args.split is not None)):
+            if given:
+                raise ValueError(f"{flag} applies to --task or --benchmark {SYNTHETIC} only: mteb's own tasks bring "
+                                 "their data, splits and label texts")
+    elif args.data is None:
+        raise ValueError(f"--benchmark {SYNTHETIC} needs --data: a `clapforge synth` corpus folder")
+    prompts = args.prompts or [DEFAULT_PROMPT]
+    if len(prompts) > 1:
+        raise ValueError("--benchmark takes one --prompt: an mteb zero-shot task has one text per class")
+    format_prompt(prompts[0], "dog")  # a template without a placeholder fails now, not after loading the model
+    results_dir = args.results_dir
+    if results_dir is None and args.out:
+        out = Path(args.out)
+        results_dir = out.with_name(f"{out.stem}_mteb")
+    summary = run_mteb(
+        args.model,
+        args.benchmark,
+        results_dir,
+        batch_size=args.batch_size,
+        data=args.data,
+        split=args.split or "test",
+        prompt=prompts[0],
+        device=args.device,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    local = os.path.isdir(args.model)
+    summary["model_name"] = args.model_name or (os.path.basename(os.path.abspath(args.model)) if local else args.model)
+    print(markdown_summary(summary), end="")
+    print(f"mteb result files: {summary['results_dir']}")
+    if args.out:
+        paths = write_mteb_results(summary, args.out, summary["model_name"])
         print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

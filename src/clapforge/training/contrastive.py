@@ -7,7 +7,6 @@ Audio-caption pairs from the shard stream, LAION's augmentation (random crops or
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.labels import read_labels_table, rename_labels
 from ..data.stream import stream_dataset
 from ..evaluation.evaluate import evaluate_clap
 from .augment import promote_longer, spec_augment
@@ -46,11 +46,8 @@ class ContrastiveObjective(TrainingObjective):
         examples = self.first_validation_examples()
         labels_file = Path(data.labels) if data.labels else Path(data.validation) / "labels.json"
         if labels_file.is_file():
-            table = json.loads(labels_file.read_text())
-            names = table.get("labels", {})
-            for example in examples:
-                example["labels"] = [names.get(label, label) for label in example["labels"]]
-            self.class_names = [names.get(c, c) for c in table["classes"]]
+            self.class_names, names = read_labels_table(labels_file)
+            rename_labels(examples, names)
         return examples
 
     def make_batch(self, processor: Any, examples: list[dict], generator: torch.Generator) -> dict[str, torch.Tensor]:
