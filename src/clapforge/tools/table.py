@@ -239,8 +239,10 @@ def build_index(uri: str | os.PathLike, exact: bool = False) -> list[dict[str, A
         else:
             dim = table.schema.field("embedding").type.list_size
             params = index_defaults(rows, dim)
-            table.create_index(metric="cosine", vector_column_name="embedding", index_type="IVF_PQ",
-                               replace=True, **params)
+            from lancedb.index import IvfPq
+
+            # With `config`, lancedb 0.40 reads the first argument as the column name.
+            table.create_index("embedding", replace=True, config=IvfPq(distance_type="cosine", **params))
             report.update(action="built", **params)
         report["seconds"] = time.perf_counter() - start
         reports.append(report)
