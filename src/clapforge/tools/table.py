@@ -253,7 +253,7 @@ def build_index(uri: str | os.PathLike, exact: bool = False) -> list[dict[str, A
 
 
 def search_table(
-    uri: str | os.PathLike,
+    uri: str | os.PathLike | dict[str, Any],
     query: np.ndarray,
     top_k: int = 10,
     where: str | None = None,
@@ -264,15 +264,17 @@ def search_table(
 ) -> list[dict[str, Any]]:
     """Nearest rows of a table to the (E,) query by cosine similarity, best first.
 
-    ANN when the table has an index and `exact` is False, else an exact scan. `where` is a LanceDB SQL filter on the
-    columns (`key`, `path`, `duration`, ...), applied before the top k are chosen. With `windows`, files are ranked by
-    their best window (each result says where it is). Returns [{"rank", "score", "key", "path", "duration"(, "start",
-    "end")}].
+    `uri` names the table output, or is what `open_tables` returned (a long-lived process keeps it open: opening
+    costs a read of the manifest). ANN when the table has an index and `exact` is False, else an exact scan.
+    `where` is a LanceDB SQL filter on the columns (`key`, `path`, `duration`, ...), applied before the top k are
+    chosen. With `windows`, files are ranked by their best window (each result says where it is).
+    Returns [{"rank", "score", "key", "path", "duration"(, "start", "end")}].
     """
-    tables = open_tables(uri)
+    tables = uri if isinstance(uri, dict) else open_tables(uri)
     name = WINDOWS if windows else FILES
     if name not in tables:
-        raise ValueError(f"{uri} has no windows: make it with `clapforge embed --window`")
+        raise ValueError(f"{'the table' if isinstance(uri, dict) else uri} has no windows: "
+                         "make it with `clapforge embed --window`")
     table = tables[name]
     # Several windows of one file can fill the top k: fetch more and keep each file's best.
     limit = top_k * 20 if windows else top_k
