@@ -43,6 +43,7 @@ BENCHMARKS = [
     ),
     Benchmark("bench_train.py", (), 5, 'rewrites "## Training"'),
     Benchmark("bench_space.py", (), 2, 'rewrites "## Space"'),
+    Benchmark("bench_index.py", (), 20, 'printed; to be quoted in "## Search index" (not measured yet)'),
 ]
 
 

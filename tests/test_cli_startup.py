@@ -20,7 +20,7 @@ from clapforge import cli
 
 BIN = Path(sys.executable).parent
 HEAVY = ("torch", "transformers", "numpy", "datasets", "huggingface_hub", "accelerate", "gradio")
-COMMANDS = ["convert", "prepare", "synth", "train", "eval", "embed", "search", "classify", "push", "demo"]
+COMMANDS = ["convert", "prepare", "synth", "train", "eval", "embed", "search", "index", "classify", "push", "demo"]
 
 
 def run_console_script(*args: str) -> tuple[subprocess.CompletedProcess, set[str]]:

@@ -22,7 +22,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="folder (recursive), .txt/.lst file of paths, audio file, or with --dataset a "
         "datasets source (parquet file, local folder, Hub id)",
     )
-    parser.add_argument("out", help="output .parquet or .safetensors")
+    parser.add_argument(
+        "out",
+        help="output .parquet or .safetensors, or a LanceDB table OUT.lance (local or object storage), updated "
+        "incrementally: a rerun embeds only new or changed files and drops the rows of deleted ones",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding (default 2)")
     parser.add_argument(
@@ -75,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if report.up_to_date:
         print(f"{args.out} is up to date ({report.embedded} embeddings); --overwrite to redo it")
+    elif report.removed or args.out.rstrip("/").endswith(".lance"):
+        print(f"wrote {args.out}: {report.embedded} embeddings ({report.computed} computed by this run, "
+              f"{report.removed} removed)")
     else:
         print(f"wrote {args.out}: {report.embedded} embeddings")
     if report.errors:

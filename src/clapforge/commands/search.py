@@ -1,4 +1,4 @@
-"""`clapforge search INDEX "query"` (or `--audio FILE`): nearest neighbours in an embeddings file."""
+"""`clapforge search INDEX "query"` (or `--audio FILE`): nearest neighbours in an embeddings file or a LanceDB table."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from ._format import format_seconds, format_table
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("search", help="nearest neighbours of a text or audio query in an embeddings file")
-    parser.add_argument("index", help=".parquet or .safetensors written by `clapforge embed`")
+    parser.add_argument("index", help=".parquet, .safetensors or .lance table written by `clapforge embed`")
     parser.add_argument("query", nargs="?", help="text query")
     parser.add_argument("--audio", help="audio file query instead of text")
     parser.add_argument("--top-k", type=int, default=10)
@@ -18,6 +18,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--windows",
         action="store_true",
         help="rank files by their best 10 s window and say where it is (index made with --window)",
+    )
+    parser.add_argument(
+        "--where",
+        help="tables only: a LanceDB SQL filter applied before the top k, "
+        "e.g. \"duration > 5\" or \"key LIKE 'dogs/%%'\"",
+    )
+    parser.add_argument(
+        "--exact", action="store_true", help="tables only: scan every row even if the table has an ANN index"
     )
     parser.set_defaults(run=run)
 
@@ -28,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     if (args.query is None) == (args.audio is None):
         raise ValueError("give a text query or --audio FILE (one of them)")
     results = search(
-        args.index, text=args.query, audio=args.audio, model=args.model, top_k=args.top_k, windows=args.windows
+        args.index, text=args.query, audio=args.audio, model=args.model, top_k=args.top_k, windows=args.windows,
+        where=args.where, exact=args.exact,
     )
     if args.windows:
         rows = [

@@ -66,3 +66,17 @@ def tokenizer_of(processor: Any) -> Any:
     if getattr(processor, "tokenizer", None) is None:
         raise ValueError("this model folder has no tokenizer: text needs a model saved with its tokenizer")
     return processor
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 of a loaded model's parameters and buffers (names, dtypes, shapes, bytes): what an index records so that
+    embeddings of two models, or of one folder before and after retraining, are never mixed. Independent of where the
+    weights came from (a folder, the Hub, a conversion)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

@@ -17,6 +17,7 @@ from ..inference.embedding import embed_audio_batches, embed_texts
 from ..inference.loading import ModelLike, feature_extractor_of, load_model, tokenizer_of
 from ..inference.prompts import DEFAULT_PROMPT, format_prompt
 from .index import EmbeddingIndex, read_index
+from .table import is_table
 from .windows import best_window_per_file
 
 AudioLike = str | os.PathLike | np.ndarray | torch.Tensor
@@ -94,38 +95,59 @@ def search(
     top_k: int = 10,
     windows: bool = False,
     sampling_rate: int | None = None,
+    where: str | None = None,
+    exact: bool = False,
 ) -> list[dict[str, Any]]:
-    """Nearest files of an embeddings file by cosine similarity to a text or an audio query.
+    """Nearest files of an embeddings file or a LanceDB table (OUT.lance) by cosine similarity to a text or audio query.
 
     `model` defaults to the one the index was made with (recorded at embed time). With `windows=True` (an index
     made with `--window`), files are ranked by their best-matching window, and each result says where it is
-    (`start`, `end` in seconds). Returns [{"rank", "score", "key"(, "start", "end")}], best first.
+    (`start`, `end` in seconds). Returns [{"rank", "score", "key"(, "start", "end")}], best first; a table's results
+    also carry "path" and "duration". On a table, `where` is a LanceDB SQL filter (e.g. "duration > 5",
+    "key LIKE 'birds/%'") applied before the top k, and the search uses the table's ANN index when it has one
+    (`clapforge index build`) unless `exact`.
     """
     if (text is None) == (audio is None):
         raise ValueError("search needs exactly one query: text or audio")
+    if not isinstance(index, EmbeddingIndex) and is_table(index):
+        return _search_table(index, text, audio, model, top_k, windows, sampling_rate, where, exact)
+    if where is not None:
+        raise ValueError("filters (where) need a LanceDB table: embed into OUT.lance")
     if not isinstance(index, EmbeddingIndex):
         index = read_index(index)
-    if model is None:
-        model = index.metadata.get("model")
-        if not model:
-            raise ValueError("the index does not record its model; pass one (--model)")
-    if text is not None:
-        query = embed_text([text], model)[0]  # (E,)
-    else:
-        query = embed_audio([audio], model, sampling_rate=sampling_rate)[0]  # (E,)
-    query = torch.nn.functional.normalize(query, dim=0)
+    query = _query(text, audio, model or index.metadata.get("model"), sampling_rate)
     if windows:
         if not index.has_windows:
             raise ValueError("this index has no windows: make it with `clapforge embed --window`")
         scores = torch.nn.functional.normalize(index.window_embeddings.float(), dim=-1) @ query  # (M,)
-        best, where = best_window_per_file(scores, index.window_rows, len(index))  # (N,), (N,)
+        best, where_ = best_window_per_file(scores, index.window_rows, len(index))  # (N,), (N,)
         order = best.argsort(descending=True, stable=True)[:top_k]
         return [
             {"rank": rank + 1, "score": float(best[i]), "key": index.keys[i],
-             "start": float(index.window_bounds[where[i], 0]), "end": float(index.window_bounds[where[i], 1])}
+             "start": float(index.window_bounds[where_[i], 0]), "end": float(index.window_bounds[where_[i], 1])}
             for rank, i in enumerate(order.tolist())
         ]
     scores = torch.nn.functional.normalize(index.embeddings.float(), dim=-1) @ query  # (N,)
     order = scores.argsort(descending=True, stable=True)[:top_k]
     return [{"rank": rank + 1, "score": float(scores[i]), "key": index.keys[i]}
             for rank, i in enumerate(order.tolist())]
+
+
+def _search_table(uri, text, audio, model, top_k, windows, sampling_rate, where, exact) -> list[dict[str, Any]]:
+    from .table import FILES, open_tables, search_table, table_settings
+
+    if model is None:
+        model = table_settings(open_tables(uri)[FILES]).get("model")
+    query = _query(text, audio, model, sampling_rate)
+    return search_table(uri, query.numpy(), top_k=top_k, where=where, exact=exact, windows=windows)
+
+
+def _query(text: str | None, audio: AudioLike | None, model: ModelLike | None, sampling_rate: int | None):
+    """(E,) L2-normalised embedding of the text or audio query."""
+    if not model:
+        raise ValueError("the index does not record its model; pass one (--model)")
+    if text is not None:
+        query = embed_text([text], model)[0]  # (E,)
+    else:
+        query = embed_audio([audio], model, sampling_rate=sampling_rate)[0]  # (E,)
+    return torch.nn.functional.normalize(query, dim=0)

@@ -23,7 +23,7 @@ import multiprocessing
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +33,11 @@ import torch
 
 from ..atomic import atomic_write_json
 from ..inference.embedding import audio_embeds, compile_audio_tower
-from .embed_inputs import AudioItems, Featurize, list_inputs
+from .embed_inputs import AudioItems, Featurize, Item, list_inputs
 from .embed_parts import merge_parts, part_keys, part_path, write_part
+from .embed_table import embed_to_table
 from .index import check_format, read_index, write_index
+from .table import is_table
 
 # Hidden test hook: seconds the main process sleeps after writing each part, so a test can kill a run in between.
 TEST_SLEEP_ENV = "CLAPFORGE_EMBED_TEST_SLEEP"
@@ -47,7 +49,8 @@ class EmbedReport:
     out: Path
     embedded: int = 0
     errors: list[dict[str, str]] = field(default_factory=list)
-    computed: int = 0  # items embedded by this run (not reused from part files)
+    computed: int = 0  # items embedded by this run (not reused from part files or from the table)
+    removed: int = 0  # table rows of files no longer in the input, deleted by this run
     up_to_date: bool = False
     main_process: bool = True  # False on the other ranks of a launch, which print nothing
 
@@ -76,6 +79,7 @@ def embed_files(
     compile: bool = False,
 ) -> EmbedReport:
     """Embed every input of `source` into `out` (.parquet or .safetensors); see the module docstring for the layout.
+    An `out` ending in .lance is a LanceDB table, brought up to date incrementally (`tools.embed_table`).
 
     Under `accelerate launch` every process runs this same call; the work is split by parts and rank 0 merges.
     `compile=True` runs the audio tower through `torch.compile` (see `compile_audio_tower`): slower to start, faster
@@ -91,6 +95,11 @@ def embed_files(
         raise ValueError("batch_size and part_size must be at least 1")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if is_table(out):
+        return embed_to_table(
+            model, source, out, batch_size=batch_size, num_workers=num_workers, window=window, part_size=part_size,
+            dataset=dataset, audio_column=audio_column, split=split, key_column=key_column, overwrite=overwrite,
+            progress=progress, precision=precision, compile=compile)
     out = Path(out)
     check_format(out)
     parts_dir = out.with_name(out.name + ".parts")
@@ -139,53 +148,16 @@ def embed_files(
 
     n_parts = math.ceil(len(items) / part_size)
     part_items = {p: items[p * part_size : (p + 1) * part_size] for p in range(rank, n_parts, world)}
-    pending = [p for p, its in part_items.items()
-               if part_keys(part_path(parts_dir, p)) != [i.key for i in its]]
-    todo = [item for p in pending for item in part_items[p]]
-    batches, start = [], 0
-    for p in pending:
-        n = len(part_items[p])
-        batches += [list(range(start + b, start + min(b + batch_size, n))) for b in range(0, n, batch_size)]
-        start += n
-    report.computed = len(todo)
-
-    if todo:
-        device = state.device
-        # On a CPU, workers decoding while the model runs take a core from one of its threads, and the others then
-        # wait for it at every op: the model step slows by more than the work the worker does. So workers wait while
-        # the model runs and use every core between its steps (benchmarks/RESULTS.md "Embed").
-        model_idle = multiprocessing.get_context().Event() if device.type == "cpu" and num_workers > 0 else None
-        if model_idle is not None:
-            model_idle.set()
-        loader = torch.utils.data.DataLoader(
-            AudioItems(todo, reader, fe.sampling_rate, model_idle),
-            batch_sampler=batches,
-            collate_fn=Featurize(fe, window, model_idle),
-            num_workers=num_workers,
-        )
-        total = sum(len(its) for its in part_items.values())
-        bar = tqdm(total=total, initial=total - len(todo), unit="file", desc=f"embed {out.name}",
-                   disable=not (progress and state.is_main_process))
-        sleep = float(os.environ.get(TEST_SLEEP_ENV, "0"))
-        part_of = {item.index: item.index // part_size for item in todo}
-        rows: dict[int, list[dict[str, Any]]] = {p: [] for p in pending}
-        loaded.eval()
-        # bf16 autocast: ~2x faster HTS-AT / PANN steps on CPUs with AVX-512 BF16 or AMX (and on GPUs), at a cosine
-        # of ~0.9999 to fp32 (benchmarks/RESULTS.md); the embeddings are stored as float32 either way.
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-        compiled = compile_audio_tower(loaded) if compile else None
-        with torch.inference_mode(), autocast:
-            for batch in loader:
-                with _model_running(model_idle):
-                    grouped = _embed_batch(loaded, compiled, batch, batch_size, device, part_of)
-                for part, part_rows in grouped.items():
-                    rows[part] += part_rows
-                    if len(rows[part]) == len(part_items[part]):
-                        write_part(part_path(parts_dir, part), rows.pop(part))
-                        if sleep:
-                            time.sleep(sleep)
-                bar.update(len(batch["items"]))
-        bar.close()
+    pending = {p: its for p, its in part_items.items()
+               if part_keys(part_path(parts_dir, p)) != [i.key for i in its]}
+    report.computed = sum(len(its) for its in pending.values())
+    total = sum(len(its) for its in part_items.values())
+    bar = tqdm(total=total, initial=total - report.computed, unit="file", desc=f"embed {out.name}",
+               disable=not (progress and state.is_main_process))
+    embed_parts(loaded, fe, reader, pending, lambda part, rows: write_part(part_path(parts_dir, part), rows),
+                batch_size=batch_size, num_workers=num_workers, window=window, precision=precision,
+                compile=compile, device=state.device, bar=bar)
+    bar.close()
 
     state.wait_for_everyone()
     if state.is_main_process:
@@ -199,6 +171,69 @@ def embed_files(
         report.embedded, report.errors = len(index), errors
     state.wait_for_everyone()
     return report
+
+
+def embed_parts(
+    loaded: Any,
+    fe: Any,
+    reader: Any,
+    parts: dict[int, list[Item]],
+    on_part: Callable[[int, list[dict[str, Any]]], None],
+    *,
+    batch_size: int,
+    num_workers: int,
+    window: bool,
+    precision: str,
+    compile: bool,
+    device: torch.device,
+    bar: Any = None,
+) -> None:
+    """Embed the items of `parts` (part number -> its items, in order) and hand each part's rows, in item order, to
+    `on_part(part, rows)` as soon as the part is complete: the one loop behind every output (a part file, a table).
+
+    A row is {"index", "key"} plus "embedding" and "duration" (and the window fields in window mode), or "error".
+    Batches never straddle parts, so a part's floating-point results do not depend on which run or rank made it.
+    """
+    todo = [item for items in parts.values() for item in items]
+    if not todo:
+        return
+    batches, start = [], 0
+    for items in parts.values():
+        n = len(items)
+        batches += [list(range(start + b, start + min(b + batch_size, n))) for b in range(0, n, batch_size)]
+        start += n
+    # On a CPU, workers decoding while the model runs take a core from one of its threads, and the others then
+    # wait for it at every op: the model step slows by more than the work the worker does. So workers wait while
+    # the model runs and use every core between its steps (benchmarks/RESULTS.md "Embed").
+    model_idle = multiprocessing.get_context().Event() if device.type == "cpu" and num_workers > 0 else None
+    if model_idle is not None:
+        model_idle.set()
+    loader = torch.utils.data.DataLoader(
+        AudioItems(todo, reader, fe.sampling_rate, model_idle),
+        batch_sampler=batches,
+        collate_fn=Featurize(fe, window, model_idle),
+        num_workers=num_workers,
+    )
+    sleep = float(os.environ.get(TEST_SLEEP_ENV, "0"))
+    part_of = {item.index: p for p, items in parts.items() for item in items}
+    rows: dict[int, list[dict[str, Any]]] = {p: [] for p in parts}
+    loaded.eval()
+    # bf16 autocast: ~2x faster HTS-AT / PANN steps on CPUs with AVX-512 BF16 or AMX (and on GPUs), at a cosine
+    # of ~0.9999 to fp32 (benchmarks/RESULTS.md); the embeddings are stored as float32 either way.
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    compiled = compile_audio_tower(loaded) if compile else None
+    with torch.inference_mode(), autocast:
+        for batch in loader:
+            with _model_running(model_idle):
+                grouped = _embed_batch(loaded, compiled, batch, batch_size, device, part_of)
+            for part, part_rows in grouped.items():
+                rows[part] += part_rows
+                if len(rows[part]) == len(parts[part]):
+                    on_part(part, rows.pop(part))
+                    if sleep:
+                        time.sleep(sleep)
+            if bar is not None:
+                bar.update(len(batch["items"]))
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ decoded and featurised in DataLoader workers.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -171,3 +172,19 @@ class Featurize:
             out["window_bounds"] = bounds
             out["window_counts"] = counts
         return out
+
+
+def content_hash(item: Item, reader: DatasetReader | None) -> str:
+    """sha1 of the input's bytes (a file's, or a dataset row's audio): what tells a table rerun that a file changed."""
+    source = item.path if reader is None else reader(item)
+    digest = hashlib.sha1(usedforsecurity=False)
+    if isinstance(source, bytes):
+        digest.update(source)
+        return digest.hexdigest()
+    try:
+        with open(source, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError as error:
+        return f"unreadable: {error.strerror}"  # the decoder will report it; a later readable version differs
+    return digest.hexdigest()

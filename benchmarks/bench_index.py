@@ -1,0 +1,172 @@
+"""Search a million clips: the exact torch scan (what `search` does on a parquet file) against the LanceDB IVF-PQ
+index (`clapforge index build` + `search` on a table), on the same vectors and queries in one run.
+
+The vectors are synthetic 512-d unit vectors clustered like real embeddings (points around --clusters random centres),
+not uniform noise, on which any index looks either perfect or hopeless. The queries are fresh points drawn around
+the same centres. Ground truth is the exact scan's top k. Recorded: recall@k of the index, p50 and p95 latency of one
+query at a time (exact scan with the matrix in memory; ANN in a separate process that opens the table and holds
+nothing else, so its peak RSS is that of a query process), build time of the table and the index, disk size.
+
+    .venv/bin/python benchmarks/bench_index.py [--vectors 1000000] [--queries 1000] [--dir /tmp/bench_index]
+
+About 10-20 minutes and 6 GB of RAM at 10^6 vectors on 2 cores (most of it building the index); check it at
+`--vectors 20000`. Prints a markdown table with the load average; RESULTS.md quotes it ("## Search index").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def clustered(n: int, centres: np.ndarray, spread: float, seed: int, chunk: int = 100_000) -> np.ndarray:
+    """(n, dim) float32 unit vectors around `centres`, generated in chunks (float64 noise for 10^6 x 512 is 4 GB)."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, centres.shape[1]), dtype=np.float32)
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        x = centres[rng.integers(0, len(centres), m)] + spread * rng.standard_normal((m, centres.shape[1]),
+                                                                                     dtype=np.float32)
+        out[start : start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def write_table(uri: Path, vectors: np.ndarray, chunk: int = 100_000) -> None:
+    """The vectors as a clapforge table (the schema `embed` writes), appended in chunks of `chunk` rows."""
+    import pyarrow as pa
+
+    from clapforge.tools.table import FILES, create_tables
+
+    settings = {"model": "synthetic", "model_hash": "0" * 64, "embedding_dim": vectors.shape[1], "window": False}
+    files = create_tables(uri, settings, overwrite=True)[FILES]
+    for start in range(0, len(vectors), chunk):
+        block = vectors[start : start + chunk]
+        keys = [f"clip{i:08d}.wav" for i in range(start, start + len(block))]
+        files.add(pa.table({
+            "key": keys, "path": [f"/library/{k}" for k in keys], "duration": np.full(len(block), 10.0),
+            "content_hash": keys, "embedding": pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)),
+                                                                               vectors.shape[1]),
+            "model": ["synthetic"] * len(block), "model_hash": ["0" * 64] * len(block),
+        }, schema=files.schema))
+
+
+def exact_scan(vectors: np.ndarray, queries: np.ndarray, k: int, timed: int) -> tuple[np.ndarray, list[float]]:
+    """Top-k row numbers of every query (batched), and the latency of `timed` single-query scans (seconds)."""
+    import torch
+
+    matrix, q = torch.from_numpy(vectors), torch.from_numpy(queries)
+    truth = torch.cat([(matrix @ q[s : s + 64].T).topk(k, dim=0).indices.T for s in range(0, len(q), 64)])
+    latencies = []
+    for i in range(min(timed, len(q))):
+        start = time.perf_counter()
+        (matrix @ q[i]).topk(k)
+        latencies.append(time.perf_counter() - start)
+    return truth.numpy(), latencies
+
+
+def query_process(uri: str, queries_path: str, k: int) -> None:
+    """Child mode: open the table, run every query one at a time, print latencies, found keys and peak RSS (JSON)."""
+    from clapforge.tools.table import open_tables, search_table
+
+    queries = np.load(queries_path)
+    imports_mb = _rss_mb()  # clapforge imports torch and transformers: most of a query process's memory
+    tables = open_tables(uri)
+    search_table(tables, queries[0], top_k=k)  # warm: index and manifest read once, as in a long-lived process
+    latencies, found = [], []
+    for q in queries:
+        start = time.perf_counter()
+        results = search_table(tables, q, top_k=k)
+        latencies.append(time.perf_counter() - start)
+        found.append([int(r["key"][4:12]) for r in results])
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    print(json.dumps({"latencies": latencies, "found": found, "peak_rss_mb": peak_mb, "imports_rss_mb": imports_mb}))
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def disk_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vectors", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--clusters", type=int, default=2000, help="centres the vectors are drawn around")
+    parser.add_argument("--spread", type=float, default=0.8,
+                        help="noise per dimension around a centre (0.8: cosine ~0.6 within a cluster, ~0 across)")
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--exact-timed", type=int, default=200, help="single-query exact scans timed")
+    parser.add_argument("--dir", help="where the table goes (default: a temporary folder, removed at the end)")
+    parser.add_argument("--query-process", nargs=2, metavar=("TABLE", "QUERIES_NPY"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.query_process:
+        query_process(*args.query_process, args.top_k)
+        return
+
+    from clapforge.tools.table import build_index
+
+    load_start = os.getloadavg()
+    workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench_index_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    uri = workdir / "clips.lance"
+    try:
+        centres = np.random.default_rng(0).standard_normal((args.clusters, args.dim)).astype(np.float32)
+        vectors = clustered(args.vectors, centres, args.spread, seed=1)
+        queries = clustered(args.queries, centres, args.spread, seed=2)
+        np.save(workdir / "queries.npy", queries)
+
+        start = time.perf_counter()
+        write_table(uri, vectors)
+        write_s, table_mb = time.perf_counter() - start, disk_mb(uri)
+        truth, exact_latencies = exact_scan(vectors, queries, args.top_k, args.exact_timed)
+        del vectors
+        (report,) = build_index(uri)
+        index_mb = disk_mb(uri) - table_mb
+
+        child = subprocess.run([sys.executable, __file__, "--query-process", str(uri), str(workdir / "queries.npy"),
+                                "--top-k", str(args.top_k)], capture_output=True, text=True, check=True)
+        ann = json.loads(child.stdout.strip().splitlines()[-1])
+    finally:
+        if not args.dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    load_end = os.getloadavg()
+
+    recall = np.mean([len(set(f) & set(t.tolist())) / args.top_k for f, t in zip(ann["found"], truth, strict=True)])
+    exact_p50 = statistics.median(exact_latencies) * 1e3
+    ann_ms = sorted(x * 1e3 for x in ann["latencies"])
+    ann_p50, ann_p95 = statistics.median(ann_ms), ann_ms[int(0.95 * (len(ann_ms) - 1))]
+    print(f"{args.vectors} vectors x {args.dim} ({args.clusters} clusters, spread {args.spread}), {args.queries} "
+          f"queries, k={args.top_k}; index: {report['action']} {report.get('num_partitions')} partitions, "
+          f"{report.get('num_sub_vectors')} sub-vectors\n")
+    print("| | exact torch scan | LanceDB IVF-PQ |")
+    print("|---|---|---|")
+    print(f"| recall@{args.top_k} | 1 | {recall:.3f} |")
+    print(f"| p50 latency of one query (ms) | {exact_p50:.1f} | {ann_p50:.1f} (p95 {ann_p95:.1f}) |")
+    print(f"| speed-up at p50 | 1x | {exact_p50 / ann_p50:.1f}x |")
+    print(f"| build | - | table {write_s:.0f} s, index {report['seconds']:.0f} s |")
+    print(f"| disk (MB) | {args.vectors * args.dim * 4 / 2**20:.0f} (float32 matrix) | table {table_mb:.0f}, "
+          f"index {index_mb:.0f} |")
+    print(f"| peak RSS of the query process (MB) | (holds the matrix) | {ann['peak_rss_mb']:.0f} "
+          f"({ann['imports_rss_mb']:.0f} after importing clapforge, before opening the table) |")
+    print(f"\n1-min load average {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end; "
+          f"{os.cpu_count()} CPUs.")
+
+
+if __name__ == "__main__":
+    main()

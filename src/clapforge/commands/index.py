@@ -1,0 +1,34 @@
+"""`clapforge index build TABLE [--exact]`: the ANN index of a LanceDB table written by `clapforge embed ... OUT.lance`.
+
+Why a separate step: an index is worth building once a table is large (an exact scan of a few thousand rows takes
+milliseconds) and after a large batch of new rows (rows added later are searched exactly until the next build).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ._format import format_table
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("index", help="build or drop the ANN index of a LanceDB table (OUT.lance)")
+    actions = parser.add_subparsers(dest="action", required=True)
+    build = actions.add_parser(
+        "build",
+        help="build an IVF-PQ index sized for the table (~sqrt(N) partitions, dim/16 sub-vectors)",
+        description="Tables under 1000 rows are left exact. Searches use the index unless `search --exact`.",
+    )
+    build.add_argument("table", help="OUT.lance written by `clapforge embed`")
+    build.add_argument("--exact", action="store_true", help="no index: drop any existing one (searches scan exactly)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..tools.table import build_index
+
+    reports = build_index(args.table, exact=args.exact)
+    rows = [(r["table"], r["rows"], r["action"], r.get("num_partitions", ""), r.get("num_sub_vectors", ""),
+             f"{r['seconds']:.1f}") for r in reports]
+    print(format_table(["table", "rows", "index", "partitions", "sub-vectors", "seconds"], rows))
+    return 0

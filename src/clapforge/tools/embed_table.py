@@ -1,0 +1,180 @@
+"""`clapforge embed MODEL INPUT OUT.lance`: an incremental embed into a LanceDB table (layout in `tools.table`).
+
+Why incremental: a library of millions of files grows by a few thousand at a time; a rerun must cost what changed,
+not what is there. A rerun hashes every input (sha1 of its bytes), embeds only the files whose key is new or whose
+hash differs from the table's, and deletes the rows of files no longer in the input. The work is cut into parts of
+`part_size` files; a single process commits each part to the table as it completes (a kill loses at most the parts in
+flight). Under `accelerate launch` every process writes its parts to OUT.lance.parts/ (part files, each atomic) and
+rank 0 commits them all to the table after every process has finished: one writer, so no commit ever races another.
+Part files of a killed launch are not reused (the rerun recomputes that work); committed parts are.
+Unreadable inputs are listed in OUT.lance.errors.json and tried again on every run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..atomic import atomic_write_json
+from .embed_inputs import content_hash, list_inputs
+from .embed_parts import part_path, write_part
+from .table import (
+    FILES,
+    check_settings,
+    commit_part,
+    create_tables,
+    delete_keys,
+    drop_orphan_windows,
+    local_path,
+    stored_hashes,
+)
+
+
+def embed_to_table(
+    model: str | os.PathLike,
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    batch_size: int,
+    num_workers: int,
+    window: bool,
+    part_size: int,
+    dataset: bool,
+    audio_column: str,
+    split: str,
+    key_column: str | None,
+    overwrite: bool,
+    progress: bool,
+    precision: str,
+    compile: bool,
+) -> Any:
+    """Bring the table `out` up to date with `source` (see the module docstring); returns an `EmbedReport`."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list, parse_flag_from_env
+    from tqdm.auto import tqdm
+
+    from ..inference.loading import feature_extractor_of, load_model, model_reference, weights_hash
+    from .embed import EmbedReport, embed_parts
+
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+    rank, world = state.process_index, state.num_processes
+    local = local_path(out)
+    report = EmbedReport(Path(str(out)), main_process=state.is_main_process)
+
+    items, reader = list_inputs(source, dataset, audio_column, split, key_column)
+    loaded, processor = load_model(model, device=state.device)
+    fe = feature_extractor_of(processor)
+    settings = {
+        "model": model_reference(model),
+        "model_hash": weights_hash(loaded),
+        "embedding_dim": int(loaded.config.projection_dim),
+        "sampling_rate": int(fe.sampling_rate),
+        "truncation": fe.truncation,
+        "window": bool(window),
+        "window_s": fe.nb_max_samples / fe.sampling_rate if window else None,
+        "precision": precision,  # bf16 and fp32 embeddings differ slightly: one table holds one of them
+    }
+    if not overwrite:
+        check_settings(out, settings)  # every rank, before anything changes, so a refusal stops all alike
+
+    # Hash once on rank 0 and share: on many machines, every process reading every file would multiply the I/O.
+    hashes = [content_hash(item, reader) for item in items] if state.is_main_process else None
+    if world > 1:
+        hashes = broadcast_object_list([hashes])[0]
+    parts_dir = Path(f"{local}.parts") if local is not None else None
+    if state.is_main_process:
+        tables = create_tables(out, settings, overwrite=overwrite)
+        if parts_dir is not None and parts_dir.exists():
+            shutil.rmtree(parts_dir)  # parts of a killed launch: never committed, so recomputed below
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        tables = create_tables(out, settings)
+    stored = stored_hashes(tables[FILES])
+    keys = {item.key for item in items}
+    removed = sorted(set(stored) - keys)
+    # An input that failed last time with the same bytes fails again: carried over, not retried.
+    failed = _previous_errors(local)
+    carried = [failed[item.key] for item, digest in zip(items, hashes, strict=True)
+               if item.key in failed and failed[item.key].get("content_hash") == digest]
+    skip = {e["key"] for e in carried}
+    todo = [item for item, digest in zip(items, hashes, strict=True)
+            if stored.get(item.key) != digest and item.key not in skip]
+    extra = {item.index: {"path": item.path or item.key, "content_hash": digest}
+             for item, digest in zip(items, hashes, strict=True)}
+    if state.is_main_process and removed:
+        delete_keys(tables[FILES], removed)  # files first: a windowless file row never exists
+    report.computed, report.removed = len(todo), len(removed)
+    report.up_to_date = not todo and not removed
+
+    parts = {p: todo[p * part_size : (p + 1) * part_size] for p in range(rank, -(-len(todo) // part_size), world)}
+    errors: list[dict[str, str]] = list(carried)
+
+    def commit(part: int, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            row.update(extra[row["index"]])
+        if world == 1:
+            errors.extend(_error(r) for r in rows if "error" in r)
+            commit_part(tables, rows, settings)
+        else:
+            parts_dir.mkdir(parents=True, exist_ok=True)
+            write_part(part_path(parts_dir, part), rows)
+
+    if world > 1 and parts_dir is None:
+        raise ValueError(f"{out}: a launch of {world} processes writes part files beside the table, so it needs a "
+                         "local table; embed on one process per table on object storage")
+    total = sum(len(its) for its in parts.values())
+    bar = tqdm(total=total, unit="file", desc=f"embed {report.out.name}",
+               disable=not (progress and state.is_main_process))
+    embed_parts(loaded, fe, reader, parts, commit, batch_size=batch_size, num_workers=num_workers, window=window,
+                precision=precision, compile=compile, device=state.device, bar=bar)
+    bar.close()
+
+    state.wait_for_everyone()
+    if state.is_main_process:
+        if world > 1:
+            errors += _commit_part_files(tables, parts_dir, extra, settings)
+        drop_orphan_windows(tables)
+        report.embedded, report.errors = tables[FILES].count_rows(), errors
+        if local is not None:
+            atomic_write_json(Path(f"{local}.errors.json"), sorted(errors, key=lambda e: e["key"]))
+    state.wait_for_everyone()
+    return report
+
+
+def _commit_part_files(tables: dict[str, Any], parts_dir: Path, extra: dict[int, dict[str, str]],
+                       settings: dict[str, Any]) -> list[dict[str, str]]:
+    """Rank 0, after a launch: commit every process's part files to the table, in part order, then remove them."""
+    import pyarrow.parquet as pq
+
+    errors = []
+    for path in sorted(parts_dir.glob("part-*.parquet")) if parts_dir.exists() else []:
+        rows = []
+        for row in pq.read_table(path).to_pylist():
+            row = {k: v for k, v in row.items() if v is not None}
+            row.update(extra[row["index"]])
+            if "error" in row:
+                errors.append(_error(row))
+            rows.append(row)
+        commit_part(tables, rows, settings)
+    if parts_dir.exists():
+        shutil.rmtree(parts_dir)
+    return errors
+
+
+def _error(row: dict[str, Any]) -> dict[str, str]:
+    return {"key": row["key"], "reason": row["error"], "content_hash": row["content_hash"]}
+
+
+def _previous_errors(local: Path | None) -> dict[str, dict[str, str]]:
+    path = Path(f"{local}.errors.json") if local is not None else None
+    if path is None or not path.exists():
+        return {}
+    try:
+        return {e["key"]: e for e in json.loads(path.read_text())}
+    except (ValueError, KeyError, TypeError):
+        return {}  # unreadable: every failed input is simply tried again

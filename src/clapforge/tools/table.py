@@ -1,0 +1,309 @@
+"""The LanceDB table `clapforge embed MODEL INPUT OUT.lance` writes and `clapforge search` / `index build` read.
+
+Why a table beside parquet and safetensors: those are rewritten whole and loaded whole, which stops working around a
+million clips; a LanceDB table is on disk (or object storage), grows by versioned commits, filters with SQL and
+carries an ANN index, all in-process, without a server.
+
+Layout. OUT.lance is a LanceDB database (a directory, or an object-storage URI) holding
+- table `files`: one row per file: `key` (relative path or dataset key), `path`, `duration` (seconds),
+  `content_hash` (sha1 of the file's bytes), `embedding` (fixed-size list<float32>[E], L2-normalised), `model`,
+  `model_hash`;
+- table `windows` (window mode only): one row per 10 s window: `key` (its file's), `path`, `duration` (the file's),
+  `window_start`, `window_end` (seconds), `embedding`.
+The run's settings (model, model hash, embedding size, window mode, precision, ...) are JSON under the schema
+metadata key `clapforge` of each table: a run with other settings is refused rather than mixed in.
+
+Consistency. Every LanceDB write is one atomic, versioned commit. A part is committed windows first, then its file
+rows (one `merge_insert` on `key`): a file row with the current content hash is the proof that the file and its
+windows are complete. A run killed anywhere leaves files either done (row present, hash current) or not done; the next
+run redoes the latter, first deleting any windows they left behind. Shapes: N rows, E joint embedding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FILES = "files"
+WINDOWS = "windows"
+METADATA_KEY = "clapforge"
+SUFFIX = ".lance"
+# Below this many rows an exact scan is as fast as an ANN index (a few ms), and IVF-PQ has too few rows to train
+# its 256-entry codebooks on: `build_index` leaves such a table exact.
+MIN_ANN_ROWS = 1000
+# Search defaults on an IVF-PQ index: probe at least this many partitions and re-rank refine_factor * k candidates
+# with their stored float32 vectors, which brings PQ's approximate order back to recall >= 0.95 at k = 10.
+NPROBES = 20
+REFINE_FACTOR = 10
+# Settings that must agree between a table and a run writing into it (all of them but the model, which gets its own
+# message).
+CHECKED_SETTINGS = ("embedding_dim", "sampling_rate", "truncation", "window", "window_s", "precision")
+
+
+def is_table(path: str | os.PathLike) -> bool:
+    """Whether `path` names a LanceDB table output (ends in .lance, local or object storage)."""
+    return str(path).rstrip("/").lower().endswith(SUFFIX)
+
+
+def connect(uri: str | os.PathLike) -> Any:
+    import lancedb
+
+    return lancedb.connect(str(uri))
+
+
+def open_tables(uri: str | os.PathLike) -> dict[str, Any]:
+    """{"files": table(, "windows": table)} of an existing table output; FileNotFoundError naming `uri` if absent."""
+    db = connect(uri)
+    names = set(_table_names(db))
+    if FILES not in names:
+        raise FileNotFoundError(f"{uri} is not a clapforge table (no '{FILES}' table in it): "
+                                "make it with `clapforge embed MODEL INPUT OUT.lance`")
+    return {name: db.open_table(name) for name in (FILES, WINDOWS) if name in names}
+
+
+def table_settings(table: Any) -> dict[str, Any]:
+    return json.loads((table.schema.metadata or {}).get(METADATA_KEY.encode(), b"{}"))
+
+
+def _table_names(db: Any) -> list[str]:
+    names, token = [], None
+    while True:
+        page = db.list_tables(page_token=token)
+        names += page.tables
+        token = page.page_token
+        if not token:
+            return names
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+
+
+def _schemas(settings: dict[str, Any]) -> dict[str, Any]:
+    import pyarrow as pa
+
+    vector = pa.list_(pa.float32(), int(settings["embedding_dim"]))
+    metadata = {METADATA_KEY: json.dumps(settings, sort_keys=True)}
+    schemas = {FILES: pa.schema([
+        pa.field("key", pa.string(), nullable=False), ("path", pa.string()), ("duration", pa.float64()),
+        ("content_hash", pa.string()), ("embedding", vector), ("model", pa.string()), ("model_hash", pa.string()),
+    ], metadata=metadata)}
+    if settings.get("window"):
+        schemas[WINDOWS] = pa.schema([
+            pa.field("key", pa.string(), nullable=False), ("path", pa.string()), ("duration", pa.float64()),
+            ("window_start", pa.float64()), ("window_end", pa.float64()), ("embedding", vector),
+        ], metadata=metadata)
+    return schemas
+
+
+def check_settings(uri: str | os.PathLike, settings: dict[str, Any]) -> None:
+    """Refuse to write into an existing table made with another model or other settings (nothing is mixed)."""
+    try:
+        tables = open_tables(uri)
+    except FileNotFoundError:
+        return
+    previous = table_settings(tables[FILES])
+    if previous.get("model_hash") != settings["model_hash"]:
+        same_name = previous.get("model") == settings["model"]
+        before = str(previous.get("model_hash", "?"))[:12]
+        raise ValueError(
+            f"{uri} holds embeddings of model {previous.get('model')!r} (weights {before})"
+            f"; this run uses model {settings['model']!r} (weights {settings['model_hash'][:12]})"
+            + (": the folder's weights changed since" if same_name else "")
+            + ". Embeddings of two models do not mix: write another table, or pass --overwrite to start again")
+    for name in CHECKED_SETTINGS:
+        if previous.get(name) != settings.get(name):
+            raise ValueError(f"{uri} was made with {name}={previous.get(name)!r}, this run has {name}="
+                             f"{settings.get(name)!r}; write another table, or pass --overwrite to start again")
+
+
+def create_tables(uri: str | os.PathLike, settings: dict[str, Any], overwrite: bool = False) -> dict[str, Any]:
+    """Open the tables of `uri`, creating the missing ones (empty) with the run's settings; `overwrite` drops the
+    earlier ones first."""
+    db = connect(uri)
+    names = set(_table_names(db))
+    tables = {}
+    for name, schema in _schemas(settings).items():
+        if overwrite and name in names:
+            db.drop_table(name)
+            names.discard(name)
+        tables[name] = db.open_table(name) if name in names else db.create_table(name, schema=schema)
+    if overwrite and WINDOWS in names and WINDOWS not in tables:
+        db.drop_table(WINDOWS)
+    return tables
+
+
+def stored_hashes(table: Any) -> dict[str, str]:
+    """key -> content hash of every file row (what a rerun compares the folder against)."""
+    columns = column_values(table, ["key", "content_hash"])
+    return dict(zip(columns["key"], columns["content_hash"], strict=True))
+
+
+def column_values(table: Any, columns: list[str]) -> dict[str, list[Any]]:
+    """Whole columns of a table as lists, reading only those columns (never the embeddings)."""
+    found = table.search().select(columns).limit(None).to_arrow()
+    return {name: found.column(name).to_pylist() for name in columns}
+
+
+def _vectors(embeddings: Sequence[np.ndarray], dim: int) -> Any:
+    import pyarrow as pa
+
+    flat = np.asarray(embeddings, dtype=np.float32).reshape(-1)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), dim)
+
+
+def commit_part(tables: dict[str, Any], rows: list[dict[str, Any]], settings: dict[str, Any]) -> None:
+    """Commit the embedded rows of one part (rows of `embed_parts` plus "path" and "content_hash"; rows with an
+    "error" are skipped): its windows first, then its file rows in one `merge_insert` (see the module docstring)."""
+    import pyarrow as pa
+
+    done = [r for r in rows if "error" not in r]
+    if not done:
+        return
+    dim = int(settings["embedding_dim"])
+    schemas = _schemas(settings)
+    if WINDOWS in tables:
+        delete_keys(tables[WINDOWS], [r["key"] for r in done])
+        windows = [(r, start, end, vector) for r in done for start, end, vector in
+                   zip(r["window_start"], r["window_end"], r["window_embeddings"], strict=True)]
+        if windows:
+            tables[WINDOWS].add(pa.table({
+                "key": [w[0]["key"] for w in windows], "path": [w[0]["path"] for w in windows],
+                "duration": [float(w[0]["duration"]) for w in windows],
+                "window_start": [float(w[1]) for w in windows], "window_end": [float(w[2]) for w in windows],
+                "embedding": _vectors([w[3] for w in windows], dim),
+            }, schema=schemas[WINDOWS]))
+    files = pa.table({
+        "key": [r["key"] for r in done], "path": [r["path"] for r in done],
+        "duration": [float(r["duration"]) for r in done], "content_hash": [r["content_hash"] for r in done],
+        "embedding": _vectors([r["embedding"] for r in done], dim),
+        "model": [settings["model"]] * len(done), "model_hash": [settings["model_hash"]] * len(done),
+    }, schema=schemas[FILES])
+    tables[FILES].merge_insert("key").when_matched_update_all().when_not_matched_insert_all().execute(files)
+
+
+def delete_keys(table: Any, keys: Iterable[str], chunk: int = 1000) -> None:
+    """Delete the rows of `keys` (SQL IN lists of `chunk` keys: one commit each)."""
+    keys = list(keys)
+    for start in range(0, len(keys), chunk):
+        quoted = ", ".join("'" + k.replace("'", "''") + "'" for k in keys[start : start + chunk])
+        table.delete(f"key IN ({quoted})")
+
+
+def drop_orphan_windows(tables: dict[str, Any]) -> None:
+    """Delete windows whose file has no row (a run killed between a part's two commits, or a deleted file)."""
+    if WINDOWS not in tables:
+        return
+    files = set(column_values(tables[FILES], ["key"])["key"])
+    window_keys = set(column_values(tables[WINDOWS], ["key"])["key"])
+    delete_keys(tables[WINDOWS], sorted(window_keys - files))
+
+
+# ---------------------------------------------------------------------------------------------------- index
+
+
+def index_defaults(rows: int, dim: int) -> dict[str, int]:
+    """IVF-PQ parameters from the table's size: ~sqrt(N) partitions (a few thousand rows each at 10^6, so one probe
+    reads little) and one 8-bit PQ code per 16 dimensions (32 bytes per 512-d vector, 64x smaller than float32)."""
+    partitions = max(1, round(rows**0.5))
+    sub_vectors = max(1, dim // 16)
+    while dim % sub_vectors:
+        sub_vectors -= 1
+    return {"num_partitions": partitions, "num_sub_vectors": sub_vectors}
+
+
+def has_vector_index(table: Any) -> bool:
+    return any("embedding" in (getattr(i, "columns", None) or []) for i in table.list_indices())
+
+
+def build_index(uri: str | os.PathLike, exact: bool = False) -> list[dict[str, Any]]:
+    """Build (or, with `exact`, drop) the IVF-PQ index of each table of `uri`; one report per table:
+    {"table", "rows", "action" ("built", "dropped", "exact: too small"), "seconds"(, partitions, sub-vectors)}."""
+    reports = []
+    for name, table in open_tables(uri).items():
+        rows = table.count_rows()
+        report: dict[str, Any] = {"table": name, "rows": rows}
+        start = time.perf_counter()
+        if exact:
+            for index in table.list_indices():
+                if "embedding" in (getattr(index, "columns", None) or []):
+                    table.drop_index(index.name)
+            report["action"] = "dropped"
+        elif rows < MIN_ANN_ROWS:
+            report["action"] = f"left exact (fewer than {MIN_ANN_ROWS} rows)"
+        else:
+            dim = table.schema.field("embedding").type.list_size
+            params = index_defaults(rows, dim)
+            from lancedb.index import IvfPq
+
+            # With `config`, lancedb 0.40 reads the first argument as the column name.
+            table.create_index("embedding", replace=True, config=IvfPq(distance_type="cosine", **params))
+            report.update(action="built", **params)
+        report["seconds"] = time.perf_counter() - start
+        reports.append(report)
+    return reports
+
+
+# ---------------------------------------------------------------------------------------------------- search
+
+
+def search_table(
+    uri: str | os.PathLike | dict[str, Any],
+    query: np.ndarray,
+    top_k: int = 10,
+    where: str | None = None,
+    exact: bool = False,
+    windows: bool = False,
+    nprobes: int | None = None,
+    refine_factor: int | None = None,
+) -> list[dict[str, Any]]:
+    """Nearest rows of a table to the (E,) query by cosine similarity, best first.
+
+    `uri` names the table output, or is what `open_tables` returned (a long-lived process keeps it open: opening
+    costs a read of the manifest). ANN when the table has an index and `exact` is False, else an exact scan.
+    `where` is a LanceDB SQL filter on the columns (`key`, `path`, `duration`, ...), applied before the top k are
+    chosen. With `windows`, files are ranked by their best window (each result says where it is).
+    Returns [{"rank", "score", "key", "path", "duration"(, "start", "end")}].
+    """
+    tables = uri if isinstance(uri, dict) else open_tables(uri)
+    name = WINDOWS if windows else FILES
+    if name not in tables:
+        raise ValueError(f"{'the table' if isinstance(uri, dict) else uri} has no windows: "
+                         "make it with `clapforge embed --window`")
+    table = tables[name]
+    # Several windows of one file can fill the top k: fetch more and keep each file's best.
+    limit = top_k * 20 if windows else top_k
+    query_builder = table.search(np.asarray(query, dtype=np.float32), vector_column_name="embedding")
+    query_builder = query_builder.distance_type("cosine").limit(limit)
+    if where:
+        query_builder = query_builder.where(where, prefilter=True)  # filter first, then take the top k
+    if exact or not has_vector_index(table):
+        query_builder = query_builder.bypass_vector_index()
+    else:
+        query_builder = query_builder.nprobes(nprobes or NPROBES).refine_factor(refine_factor or REFINE_FACTOR)
+    columns = ["key", "path", "duration", "_distance"] + (["window_start", "window_end"] if windows else [])
+    found = query_builder.select(columns).to_arrow().to_pylist()
+    results, seen = [], set()
+    for row in found:
+        if row["key"] in seen:
+            continue
+        seen.add(row["key"])
+        result = {"rank": len(results) + 1, "score": 1.0 - float(row["_distance"]), "key": row["key"],
+                  "path": row["path"], "duration": row["duration"]}
+        if windows:
+            result.update(start=row["window_start"], end=row["window_end"])
+        results.append(result)
+        if len(results) == top_k:
+            break
+    return results
+
+
+def local_path(uri: str | os.PathLike) -> Path | None:
+    """The local directory of a table, or None for an object-storage URI (s3://, gs://, az://, ...)."""
+    text = str(uri)
+    return None if "://" in text and not text.startswith("file://") else Path(text.removeprefix("file://"))

@@ -1,0 +1,293 @@
+"""`clapforge embed ... OUT.lance`, `search` on a table and `index build`: incremental reruns, kills, model mismatch,
+ANN against exact, filters, and table against parquet, on test-tiny and made-up audio."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchcodec.encoders import AudioEncoder
+
+import clapforge
+from clapforge.cli import main as cli_main
+from clapforge.tools import api, embed, table
+from clapforge.tools.embed import TEST_SLEEP_ENV, embed_files
+from conftest import make_tokenizer, randomize_
+
+ROOT = Path(__file__).resolve().parents[1]
+FILES = {"a.wav": (1.0, 300), "b.wav": (2.5, 500), "sub/c.wav": (4.0, 700), "sub/d.wav": (12.0, 900)}
+
+
+def _write(path: Path, seconds: float, freq: float, seed: int = 0, sr: int = 16000) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * sr)) / sr
+    noise = 0.02 * np.random.default_rng(seed).standard_normal(t.shape)
+    audio = (0.3 * np.sin(2 * np.pi * freq * t) + noise).astype(np.float32)
+    AudioEncoder(torch.from_numpy(audio[None]), sample_rate=sr).to_file(str(path))
+
+
+def _save_model(folder: Path, seed: int) -> Path:
+    torch.manual_seed(0)
+    clapforge.LaionClapProcessor(clapforge.create_feature_extractor("test-tiny"), make_tokenizer()).save_pretrained(
+        folder)
+    randomize_(clapforge.create_model("test-tiny"), seed=seed, scale=0.2).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("table")
+    _save_model(root / "model", seed=1)
+    for i, (key, (seconds, freq)) in enumerate(FILES.items()):
+        _write(root / "audio" / key, seconds, freq, seed=i)
+    return root
+
+
+@pytest.fixture
+def folder(work, tmp_path):
+    """A private copy of the audio folder, for tests that add, change and delete files."""
+    shutil.copytree(work / "audio", tmp_path / "audio")
+    return tmp_path / "audio"
+
+
+@pytest.fixture
+def clips_embedded(monkeypatch):
+    """Counts the clips the model embeds in this process (every embed run goes through `embed.audio_embeds`)."""
+    counter = {"clips": 0}
+    original = embed.audio_embeds
+
+    def counting(model, x, longer, compiled=None):
+        counter["clips"] += x.shape[0]
+        return original(model, x, longer, compiled)
+
+    monkeypatch.setattr(embed, "audio_embeds", counting)
+    return counter
+
+
+def _embed(model: Path, source: Path, out: Path, **kwargs):
+    return embed_files(model, source, out, batch_size=2, part_size=2, progress=False, **kwargs)
+
+
+def _rows(uri: Path, name: str = table.FILES) -> dict[str, dict]:
+    tables = table.open_tables(uri)
+    found = tables[name].to_arrow().to_pylist()
+    return {(r["key"], r.get("window_start")): r for r in found} if name == table.WINDOWS else \
+        {r["key"]: r for r in found}
+
+
+def test_rerun_embeds_only_new_and_changed_files_and_drops_deleted_ones(work, folder, tmp_path, clips_embedded):
+    out = tmp_path / "t.lance"
+    first = _embed(work / "model", folder, out)
+    assert first.computed == 4 and first.embedded == 4 and clips_embedded["clips"] == 4
+    before = _rows(out)
+    assert sorted(before) == sorted(FILES)
+    row = before["b.wav"]
+    assert row["path"] == str((folder / "b.wav").resolve()) and row["duration"] == pytest.approx(2.5)
+    import hashlib
+    assert row["content_hash"] == hashlib.sha1((folder / "b.wav").read_bytes()).hexdigest()
+    assert row["model"] == str((work / "model").resolve()) and len(row["model_hash"]) == 64
+    assert len(row["embedding"]) == 128
+
+    again = _embed(work / "model", folder, out)
+    assert again.up_to_date and again.computed == 0 and clips_embedded["clips"] == 4  # nothing recomputed
+
+    _write(folder / "new.wav", 3.0, 1100, seed=9)
+    grown = _embed(work / "model", folder, out)
+    assert grown.computed == 1 and clips_embedded["clips"] == 5 and grown.embedded == 5  # only the new file
+    after = _rows(out)
+    for key in FILES:
+        assert after[key]["embedding"] == before[key]["embedding"]  # unchanged rows untouched
+    expected = api.embed_audio(folder / "new.wav", model=work / "model")[0]
+    np.testing.assert_allclose(after["new.wav"]["embedding"], expected.numpy(), atol=1e-5)
+
+    _write(folder / "a.wav", 1.5, 1300, seed=10)  # same key, other bytes
+    changed = _embed(work / "model", folder, out)
+    assert changed.computed == 1 and clips_embedded["clips"] == 6
+    replaced = _rows(out)
+    assert len(replaced) == 5 and replaced["a.wav"]["duration"] == pytest.approx(1.5)
+    assert replaced["a.wav"]["content_hash"] != before["a.wav"]["content_hash"]
+    expected = api.embed_audio(folder / "a.wav", model=work / "model")[0]
+    np.testing.assert_allclose(replaced["a.wav"]["embedding"], expected.numpy(), atol=1e-5)
+
+    (folder / "sub/c.wav").unlink()
+    shrunk = _embed(work / "model", folder, out)
+    assert shrunk.removed == 1 and shrunk.computed == 0 and clips_embedded["clips"] == 6
+    assert sorted(_rows(out)) == ["a.wav", "b.wav", "new.wav", "sub/d.wav"]
+
+
+def test_unreadable_files_listed_and_not_retried_until_they_change(work, folder, tmp_path, clips_embedded):
+    out = tmp_path / "t.lance"
+    (folder / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt " + b"\x07" * 64)
+    report = _embed(work / "model", folder, out)
+    assert [e["key"] for e in report.errors] == ["broken.wav"] and report.embedded == 4
+    assert [e["key"] for e in json.loads(Path(f"{out}.errors.json").read_text())] == ["broken.wav"]
+    again = _embed(work / "model", folder, out)
+    assert again.up_to_date and [e["key"] for e in again.errors] == ["broken.wav"]
+    _write(folder / "broken.wav", 1.0, 400)  # repaired
+    fixed = _embed(work / "model", folder, out)
+    assert fixed.computed == 1 and fixed.errors == [] and fixed.embedded == 5 and clips_embedded["clips"] == 5
+
+
+def _env(work: Path, **extra: str) -> dict:
+    env = dict(os.environ, HF_HOME=str(work / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               PYTHONPATH=str(ROOT / "src"))
+    env.update(extra)
+    return env
+
+
+def _committed(out: Path) -> int:
+    try:
+        return table.open_tables(out)[table.FILES].count_rows()
+    except Exception:  # not created yet, or caught mid-creation: nothing committed
+        return 0
+
+
+def test_killed_run_leaves_a_consistent_table_that_the_rerun_completes(work, tmp_path):
+    reference = tmp_path / "reference.lance"
+    _embed(work / "model", work / "audio", reference, window=True)
+    out = tmp_path / "killed.lance"
+    cmd = [sys.executable, "-m", "clapforge", "embed", str(work / "model"), str(work / "audio"), str(out),
+           "--part-size", "1", "--batch-size", "1", "--num-workers", "0", "--window", "--quiet"]
+    proc = subprocess.Popen(cmd, env=_env(work, **{TEST_SLEEP_ENV: "30"}), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while _committed(out) == 0:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no part was committed"
+            time.sleep(0.1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert _committed(out) == 1  # killed while sleeping after the first part: one file, complete
+    files = _rows(out)
+    assert len(files) == 1 and all(k[0] in files for k in _rows(out, table.WINDOWS))  # no window without its file
+
+    report = _embed(work / "model", work / "audio", out, window=True)
+    assert report.computed == 3 and report.embedded == 4
+    for name in (table.FILES, table.WINDOWS):
+        done, expected = _rows(out, name), _rows(reference, name)
+        assert sorted(done) == sorted(expected)
+        for key, row in expected.items():
+            np.testing.assert_allclose(done[key]["embedding"], row["embedding"], atol=1e-5)
+
+
+def test_a_table_of_another_model_is_refused(work, tmp_path):
+    out = tmp_path / "t.lance"
+    _embed(work / "model", work / "audio", out)
+    other = _save_model(tmp_path / "other", seed=2)
+    with pytest.raises(ValueError) as refused:
+        _embed(other, work / "audio", out)
+    message = str(refused.value)
+    assert str((work / "model").resolve()) in message and str(other.resolve()) in message
+    assert "--overwrite" in message
+    assert cli_main(["embed", str(other), str(work / "audio"), str(out), "--quiet"]) == 2
+    with pytest.raises(ValueError, match="window"):  # other settings are refused as well
+        _embed(work / "model", work / "audio", out, window=True)
+    report = _embed(other, work / "audio", out, overwrite=True)
+    assert report.computed == 4 and {r["model"] for r in _rows(out).values()} == {str(other.resolve())}
+
+
+def _clustered(n: int, dim: int, clusters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors around random centres (like real embeddings, unlike uniform noise), and their centres."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim))
+    x = centres[rng.integers(0, clusters, n)] + 0.35 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), centres
+
+
+def _write_vectors(out: Path, vectors: np.ndarray, part: int = 500) -> None:
+    settings = {"model": "synthetic", "model_hash": "0" * 64, "embedding_dim": vectors.shape[1], "window": False}
+    tables = table.create_tables(out, settings)
+    for start in range(0, len(vectors), part):
+        rows = [{"key": f"k{i:05d}", "path": f"/clips/{i % 7}/k{i:05d}.wav", "duration": float(i % 30),
+                 "content_hash": str(i), "embedding": vectors[i]}
+                for i in range(start, min(start + part, len(vectors)))]
+        table.commit_part(tables, rows, settings)
+
+
+def test_ann_search_agrees_with_exact_search(tmp_path):
+    out = tmp_path / "vectors.lance"
+    vectors, _ = _clustered(4000, 128, 40, seed=0)
+    _write_vectors(out, vectors)
+    assert table.build_index(out)[0]["action"].startswith("left exact") is False
+    files = table.open_tables(out)[table.FILES]
+    assert table.has_vector_index(files)
+    rng = np.random.default_rng(1)
+    queries = vectors[rng.choice(len(vectors), 50, replace=False)] + 0.2 * rng.standard_normal((50, 128))
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    recalls = []
+    for q in queries:
+        truth = [f"k{i:05d}" for i in np.argsort(-(vectors @ q), kind="stable")[:10]]
+        exact = [r["key"] for r in table.search_table(out, q, top_k=10, exact=True)]
+        assert exact == truth
+        ann = table.search_table(out, q, top_k=10)
+        recalls.append(len(set(r["key"] for r in ann) & set(truth)) / 10)
+        assert [r["score"] for r in ann] == sorted((r["score"] for r in ann), reverse=True)
+    assert np.mean(recalls) >= 0.95, recalls
+
+    # Filters apply before the top k, on the ANN path and the exact one alike.
+    keep = np.array([i % 30 > 20 for i in range(len(vectors))])
+    truth = [f"k{i:05d}" for i in np.argsort(-np.where(keep, vectors @ queries[0], -2), kind="stable")[:10]]
+    for exact in (True, False):
+        found = table.search_table(out, queries[0], top_k=10, where="duration > 20", exact=exact)
+        assert len(found) == 10 and all(r["duration"] > 20 for r in found)
+        if exact:
+            assert [r["key"] for r in found] == truth
+
+    assert table.build_index(out, exact=True)[0]["action"] == "dropped"
+    assert not table.has_vector_index(table.open_tables(out)[table.FILES])
+
+
+def test_small_tables_stay_exact(tmp_path):
+    out = tmp_path / "small.lance"
+    _write_vectors(out, _clustered(300, 32, 4, seed=3)[0])
+    report = table.build_index(out)[0]
+    assert report["rows"] == 300 and report["action"].startswith("left exact")
+    assert not table.has_vector_index(table.open_tables(out)[table.FILES])
+
+
+def test_index_defaults_follow_the_table_size():
+    assert table.index_defaults(1_000_000, 512) == {"num_partitions": 1000, "num_sub_vectors": 32}
+    assert table.index_defaults(4000, 128) == {"num_partitions": 63, "num_sub_vectors": 8}
+
+
+def _table_out(output: str) -> list[list[str]]:
+    return [line.split() for line in output.strip().splitlines()[2:]]
+
+
+def test_cli_embed_search_index_on_a_table(work, tmp_path, capsys):
+    out = tmp_path / "t.lance"
+    assert cli_main(["embed", str(work / "model"), str(work / "audio"), str(out), "--quiet", "--num-workers", "0"]) == 0
+    assert "4 embeddings (4 computed by this run, 0 removed)" in capsys.readouterr().out
+    assert cli_main(["search", str(out), "--audio", str(work / "audio" / "sub/c.wav"), "--top-k", "2"]) == 0
+    rows = _table_out(capsys.readouterr().out)
+    assert rows[0][2] == "sub/c.wav" and float(rows[0][1]) == pytest.approx(1.0, abs=1e-4) and len(rows) == 2
+    assert cli_main(["search", str(out), "a high tone", "--where", "duration > 3", "--exact"]) == 0
+    assert sorted(row[2] for row in _table_out(capsys.readouterr().out)) == ["sub/c.wav", "sub/d.wav"]
+    assert cli_main(["index", "build", str(out)]) == 0
+    assert "left exact" in capsys.readouterr().out
+    assert cli_main(["search", str(work / "missing.lance"), "rain"]) == 2
+    assert "missing.lance is not a clapforge table" in capsys.readouterr().err
+    assert cli_main(["search", str(tmp_path / "x.parquet"), "rain", "--where", "duration > 3"]) == 2
+
+
+def test_table_and_parquet_give_the_same_exact_results(work, tmp_path):
+    lance, parquet = tmp_path / "t.lance", tmp_path / "t.parquet"
+    _embed(work / "model", work / "audio", lance, window=True)
+    _embed(work / "model", work / "audio", parquet, window=True)
+    for query in ({"text": "a dog barks in the rain"}, {"audio": work / "audio" / "b.wav"}):
+        for windows in (False, True):
+            from_table = clapforge.search(lance, top_k=4, windows=windows, exact=True, **query)
+            from_parquet = clapforge.search(parquet, top_k=4, windows=windows, **query)
+            assert [r["key"] for r in from_table] == [r["key"] for r in from_parquet]
+            assert [r["score"] for r in from_table] == pytest.approx([r["score"] for r in from_parquet], abs=1e-5)
+            if windows:
+                assert [(r["start"], r["end"]) for r in from_table] == [(r["start"], r["end"]) for r in from_parquet]
