@@ -286,3 +286,33 @@ def test_the_local_hub_validates_cards_like_the_hub(hub):
     assert status == 400 and len(answer["errors"]) == 3
     assert validate("---\ntitle: demo\n---\n", "space")[0] == 400
     assert validate("no header")[1]["warnings"]
+
+
+def test_push_results_join_the_card_and_bring_mteb_files(tiny_model, tokenizer, tmp_path):
+    """`clapforge push --results r.json`: the evaluation's model-index joins the card's, mteb's files come along, and
+    the user's folder is left as it was."""
+    from clapforge.push import attach_results
+    from hub_server import _model_index_errors
+
+    folder = export_hub_folder(tiny_model, make_processor(tokenizer), tmp_path / "clap-tiny", RECIPE, METRICS,
+                               repo_id=REPO)
+    esc50 = ModelCard(model_card("clap-tiny", metrics={"zero_shot_top1": 0.905}, dataset_name="ESC-50",
+                                 dataset_split="all")).data.to_dict()["model-index"]
+    (tmp_path / "r.model-index.yaml").write_text(yaml.safe_dump({"model-index": esc50}))
+    (tmp_path / "r.json").write_text("{}")
+    mteb_file = tmp_path / "r_mteb" / "results" / "clap-tiny" / "abc" / "ESC50_Zeroshot.json"
+    mteb_file.parent.mkdir(parents=True)
+    mteb_file.write_text('{"task_name": "ESC50_Zeroshot"}')
+    before = snapshot(folder)
+
+    copy = shutil.copytree(folder, tmp_path / "upload")
+    attach_results(copy, [tmp_path / "r.json"])
+    card = ModelCard.load(copy / "README.md")
+    scores = {(r.dataset_name, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert scores[("ESC-50", "zero_shot_top1")] == 0.905
+    assert {k: v for (d, k), v in scores.items() if d != "ESC-50"} == SCORES  # the card's own results are kept
+    assert _model_index_errors(metadata_load(copy / "README.md")) == []
+    assert (copy / "mteb_results" / "clap-tiny" / "abc" / "ESC50_Zeroshot.json").read_text() == mteb_file.read_text()
+    assert snapshot(folder) == before
+    with pytest.raises(FileNotFoundError, match="model-index.yaml does not exist"):
+        attach_results(copy, [tmp_path / "missing.json"])

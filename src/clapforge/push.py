@@ -35,6 +35,31 @@ def prepare_space(space_dir: str | Path, model_repo: str, out: str | Path) -> Pa
     return out
 
 
+def attach_results(folder: str | Path, results: list[str | Path]) -> None:
+    """Add evaluations to a model folder's card: for each results JSON `clapforge eval --out` wrote, the entries of
+    its `<stem>.model-index.yaml` join the card's `model-index`, and mteb's own result files (`<stem>_mteb/results/`,
+    from `--benchmark`) are copied under `mteb_results/`."""
+    import yaml
+    from huggingface_hub import metadata_load, metadata_save
+
+    folder = Path(folder)
+    card = folder / "README.md"
+    if not card.is_file():
+        raise FileNotFoundError(f"{folder} has no README.md model card to add results to")
+    metadata = metadata_load(card) or {}
+    index = metadata.setdefault("model-index", [{"name": folder.name, "results": []}])
+    for result in map(Path, results):
+        block = result.with_suffix(".model-index.yaml")
+        if not block.is_file():
+            raise FileNotFoundError(f"{block} does not exist: pass a results JSON written by `clapforge eval --out`")
+        for entry in yaml.safe_load(block.read_text(encoding="utf-8"))["model-index"]:
+            index[0].setdefault("results", []).extend(entry["results"])
+        mteb_files = result.with_name(f"{result.stem}_mteb") / "results"
+        if mteb_files.is_dir():
+            shutil.copytree(mteb_files, folder / "mteb_results", dirs_exist_ok=True)
+    metadata_save(card, metadata)
+
+
 def push(
     model_dir: str | Path,
     repo: str,
@@ -42,8 +67,10 @@ def push(
     *,
     private: bool = False,
     space_dir: str | Path = DEFAULT_SPACE_DIR,
+    results: list[str | Path] = (),
 ) -> dict[str, str]:
-    """Upload the model folder, then (with `space`) the demo Space pointing at it; returns the commit URLs."""
+    """Upload the model folder (with `results` attached to a copy of it, see `attach_results`), then (with `space`)
+    the demo Space pointing at it; returns the commit URLs."""
     from .hub import push_folder
 
     model_dir = Path(model_dir)
@@ -51,7 +78,11 @@ def push(
         print(f"note: {model_dir} has no README.md model card; `export_hub_folder` writes one", file=sys.stderr)
     if space is not None and not Path(space_dir, "app.py").is_file():  # fail before the model upload, not after
         raise FileNotFoundError(f"{space_dir} has no app.py: pass --space-dir, the demo app folder (spaces_demo/)")
-    urls = {"model": push_folder(model_dir, repo, private=private)}
+    with tempfile.TemporaryDirectory(prefix="clapforge-model-") as tmp:
+        if results:  # the user's folder stays as it is: the card with results is a copy's
+            model_dir = Path(shutil.copytree(model_dir, Path(tmp) / model_dir.name))
+            attach_results(model_dir, list(results))
+        urls = {"model": push_folder(model_dir, repo, private=private)}
     if space is not None:
         with tempfile.TemporaryDirectory(prefix="clapforge-space-") as tmp:
             folder = prepare_space(space_dir, repo, Path(tmp) / "space")

@@ -21,13 +21,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--space", metavar="SPACE_REPO", help="also create or update this demo Space (user/name)")
     parser.add_argument("--private", action="store_true", help="create the repos as private")
     parser.add_argument("--space-dir", default=str(DEFAULT_SPACE_DIR), help="demo app folder (default: %(default)s)")
+    parser.add_argument("--results", action="append", default=[], metavar="RESULTS_JSON",
+                        help="add an evaluation to the card: a results JSON of `clapforge eval --out` (its "
+                             "model-index, and mteb's result files for --benchmark); repeat for several")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..push import push
 
-    urls = push(args.model_dir, args.repo, args.space, private=args.private, space_dir=args.space_dir)
+    urls = push(args.model_dir, args.repo, args.space, private=args.private, space_dir=args.space_dir,
+                results=args.results)
     for kind, url in urls.items():
         print(f"{kind}: {url}")
     return 0

@@ -14,13 +14,13 @@ resume from the cache unless `overwrite=True`.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_json, atomic_write_text
 from ..inference.prompts import DEFAULT_PROMPT
 from .mteb_model import model_meta
 from .mteb_tasks import SYNTHETIC, T2A_TASK, ZERO_SHOT_TASK, synthetic_tasks
@@ -195,11 +195,11 @@ def write_mteb_results(summary: Mapping[str, Any], out: str | os.PathLike, model
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = {"json": out, "markdown": out.with_suffix(".md"), "model_index": out.with_suffix(".model-index.yaml")}
-    paths["json"].write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    paths["markdown"].write_text(markdown_summary(summary), encoding="utf-8")
+    atomic_write_json(paths["json"], summary, indent=2)
+    atomic_write_text(paths["markdown"], markdown_summary(summary))
     block = yaml.safe_dump({"model-index": model_index_from_mteb(summary, model_name)}, sort_keys=False,
                            allow_unicode=True)
-    paths["model_index"].write_text(block, encoding="utf-8")
+    atomic_write_text(paths["model_index"], block)
     return paths
 
 
