@@ -9,13 +9,19 @@ script pointing into the package would pay that before argparse could answer `--
 before a command runs. A module attribute rather than an environment variable: child processes (accelerate workers,
 spawned DataLoader workers) would inherit a variable and skip a registration they need; they never import this
 module, so they import clapforge as usual.
+
+A process that needs no model may set `RUNNING` itself before importing clapforge, for the same saving: one that
+searches a LanceDB table with query vectors it already has (`clapforge.tools.table.search_table`), such as the query
+process of benchmarks/bench_index.py, then imports numpy, pyarrow and lancedb (~100 MB resident) instead of torch and
+transformers (~750 MB). It must not use the Auto classes, or must call
+`clapforge.auto_classes.register_auto_classes()` first.
 """
 
 from __future__ import annotations
 
 import sys
 
-RUNNING = False  # True once `main` runs: read by clapforge/__init__.py
+RUNNING = False  # True once `main` runs (or set by a process without a model): read by clapforge/__init__.py
 
 
 def main(argv: list[str] | None = None) -> int:

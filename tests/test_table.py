@@ -254,9 +254,40 @@ def test_small_tables_stay_exact(tmp_path):
     assert not table.has_vector_index(table.open_tables(out)[table.FILES])
 
 
+LIGHT_SEARCH = """
+import json, sys
+import numpy as np
+import clapforge_cli
+clapforge_cli.RUNNING = True  # a process without a model (see clapforge_cli's docstring)
+from clapforge.tools.table import open_tables, search_table
+tables = open_tables(sys.argv[1])
+query = np.load(sys.argv[2])
+found = {exact: [r["key"] for r in search_table(tables, query, top_k=5, exact=exact)] for exact in (True, False)}
+print(json.dumps({"found": found, "heavy": sorted({"torch", "transformers"} & set(sys.modules))}))
+"""
+
+
+def test_a_process_without_a_model_searches_without_torch(tmp_path):
+    out = tmp_path / "vectors.lance"
+    vectors, _ = _clustered(2000, 64, 20, seed=4)
+    _write_vectors(out, vectors)
+    table.build_index(out)
+    np.save(tmp_path / "q.npy", vectors[7])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.run([sys.executable, "-c", LIGHT_SEARCH, str(out), str(tmp_path / "q.npy")], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    assert result["heavy"] == []
+    truth = [f"k{i:05d}" for i in np.argsort(-(vectors @ vectors[7]), kind="stable")[:5]]
+    assert result["found"]["true"] == truth
+    assert result["found"]["false"][0] == "k00007"
+
+
 def test_index_defaults_follow_the_table_size():
-    assert table.index_defaults(1_000_000, 512) == {"num_partitions": 1000, "num_sub_vectors": 32}
-    assert table.index_defaults(4000, 128) == {"num_partitions": 63, "num_sub_vectors": 8}
+    assert table.index_defaults(1_000_000) == {"num_partitions": 244}
+    assert table.index_defaults(100_000) == {"num_partitions": 24}
+    assert table.index_defaults(4000) == {"num_partitions": 1}
 
 
 def _table_out(output: str) -> list[list[str]]:
@@ -277,6 +308,28 @@ def test_cli_embed_search_index_on_a_table(work, tmp_path, capsys):
     assert cli_main(["search", str(work / "missing.lance"), "rain"]) == 2
     assert "missing.lance is not a clapforge table" in capsys.readouterr().err
     assert cli_main(["search", str(tmp_path / "x.parquet"), "rain", "--where", "duration > 3"]) == 2
+
+
+def test_cli_embed_index_dir_writes_the_same_table_as_out_lance(work, tmp_path, capsys):
+    model, audio, folder = str(work / "model"), str(work / "audio"), tmp_path / "library-index"
+    common = ["--quiet", "--num-workers", "0"]
+    assert cli_main(["embed", model, audio, "--index", str(folder), *common]) == 0
+    assert f"wrote {folder}: 4 embeddings (4 computed by this run, 0 removed)" in capsys.readouterr().out
+    assert (folder / "files.lance").is_dir() and table.is_table(folder) and not table.is_table(tmp_path)
+    assert cli_main(["embed", model, audio, "--index", str(folder), *common]) == 0
+    assert f"{folder} is up to date (4 embeddings)" in capsys.readouterr().out
+    assert cli_main(["embed", model, audio, str(tmp_path / "t.lance"), *common]) == 0
+    capsys.readouterr()
+    assert _rows(folder).keys() == _rows(tmp_path / "t.lance").keys() == set(FILES)
+    for key, row in _rows(folder).items():
+        assert row["embedding"] == pytest.approx(_rows(tmp_path / "t.lance")[key]["embedding"], abs=1e-6)
+    assert cli_main(["search", str(folder), "--audio", str(work / "audio" / "b.wav"), "--top-k", "1"]) == 0
+    assert _table_out(capsys.readouterr().out)[0][2] == "b.wav"
+    assert cli_main(["index", "build", str(folder)]) == 0
+    assert "left exact" in capsys.readouterr().out
+    for outputs in ([], [str(tmp_path / "x.parquet"), "--index", str(folder)]):
+        assert cli_main(["embed", model, audio, *outputs, *common]) == 2
+        assert "give exactly one output: OUT, or --index DIR" in capsys.readouterr().err
 
 
 def test_table_and_parquet_give_the_same_exact_results(work, tmp_path):

@@ -24,8 +24,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "out",
+        nargs="?",
         help="output .parquet or .safetensors, or a LanceDB table OUT.lance (local or object storage), updated "
         "incrementally: a rerun embeds only new or changed files and drops the rows of deleted ones",
+    )
+    parser.add_argument(
+        "--index",
+        metavar="DIR",
+        help="write the LanceDB table into DIR (a folder or an object-storage URI of any name) instead of OUT; "
+        "`search DIR` and `index build DIR` read it",
     )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding (default 2)")
@@ -58,10 +65,13 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..tools.embed import embed_files
 
+    if (args.out is None) == (args.index is None):
+        raise ValueError("give exactly one output: OUT, or --index DIR")
+    out = args.out or args.index
     report = embed_files(
         args.model,
         args.input,
-        args.out,
+        out,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         window=args.window,
@@ -74,17 +84,18 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         precision=args.precision,
         compile=args.compile,
+        table=args.index is not None,
     )
     if not report.main_process:
         return 0
     if report.up_to_date:
-        print(f"{args.out} is up to date ({report.embedded} embeddings); --overwrite to redo it")
-    elif report.removed or args.out.rstrip("/").endswith(".lance"):
-        print(f"wrote {args.out}: {report.embedded} embeddings ({report.computed} computed by this run, "
+        print(f"{out} is up to date ({report.embedded} embeddings); --overwrite to redo it")
+    elif report.removed or args.index or out.rstrip("/").endswith(".lance"):
+        print(f"wrote {out}: {report.embedded} embeddings ({report.computed} computed by this run, "
               f"{report.removed} removed)")
     else:
-        print(f"wrote {args.out}: {report.embedded} embeddings")
+        print(f"wrote {out}: {report.embedded} embeddings")
     if report.errors:
-        print(f"{len(report.errors)} input(s) could not be read and were skipped (listed in {args.out}.errors.json):")
+        print(f"{len(report.errors)} input(s) could not be read and were skipped (listed in {out}.errors.json):")
         print(format_table(["key", "reason"], [(e["key"], e["reason"]) for e in report.errors]))
     return 0

@@ -16,7 +16,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="action", required=True)
     build = actions.add_parser(
         "build",
-        help="build an IVF-PQ index sized for the table (~sqrt(N) partitions, dim/16 sub-vectors)",
+        help="build an IVF-RQ index sized for the table (partitions of ~4096 rows, 1 bit per dimension)",
         description="Tables under 1000 rows are left exact. Searches use the index unless `search --exact`.",
     )
     build.add_argument("table", help="OUT.lance written by `clapforge embed`")
@@ -28,7 +28,6 @@ def run(args: argparse.Namespace) -> int:
     from ..tools.table import build_index
 
     reports = build_index(args.table, exact=args.exact)
-    rows = [(r["table"], r["rows"], r["action"], r.get("num_partitions", ""), r.get("num_sub_vectors", ""),
-             f"{r['seconds']:.1f}") for r in reports]
-    print(format_table(["table", "rows", "index", "partitions", "sub-vectors", "seconds"], rows))
+    rows = [(r["table"], r["rows"], r["action"], r.get("num_partitions", ""), f"{r['seconds']:.1f}") for r in reports]
+    print(format_table(["table", "rows", "index", "partitions", "seconds"], rows))
     return 0

@@ -77,9 +77,11 @@ def embed_files(
     progress: bool = True,
     precision: str = "fp32",
     compile: bool = False,
+    table: bool = False,
 ) -> EmbedReport:
     """Embed every input of `source` into `out` (.parquet or .safetensors); see the module docstring for the layout.
-    An `out` ending in .lance is a LanceDB table, brought up to date incrementally (`tools.embed_table`).
+    An `out` ending in .lance, or any `out` with `table=True` (`--index DIR`), is a LanceDB table, brought up to date
+    incrementally (`tools.embed_table`).
 
     Under `accelerate launch` every process runs this same call; the work is split by parts and rank 0 merges.
     `compile=True` runs the audio tower through `torch.compile` (see `compile_audio_tower`): slower to start, faster
@@ -95,7 +97,7 @@ def embed_files(
         raise ValueError("batch_size and part_size must be at least 1")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if is_table(out):
+    if table or is_table(out):
         return embed_to_table(
             model, source, out, batch_size=batch_size, num_workers=num_workers, window=window, part_size=part_size,
             dataset=dataset, audio_column=audio_column, split=split, key_column=key_column, overwrite=overwrite,

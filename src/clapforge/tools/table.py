@@ -34,21 +34,42 @@ FILES = "files"
 WINDOWS = "windows"
 METADATA_KEY = "clapforge"
 SUFFIX = ".lance"
-# Below this many rows an exact scan is as fast as an ANN index (a few ms), and IVF-PQ has too few rows to train
-# its 256-entry codebooks on: `build_index` leaves such a table exact.
+# Below this many rows an exact scan takes a few ms and an index has too few rows to train its partitions on:
+# `build_index` leaves such a table exact.
 MIN_ANN_ROWS = 1000
-# Search defaults on an IVF-PQ index: probe at least this many partitions and re-rank refine_factor * k candidates
-# with their stored float32 vectors, which brings PQ's approximate order back to recall >= 0.95 at k = 10.
+# The ANN index: IVF-RQ (lance's RaBitQ: 1 bit per dimension, 64 bytes per 512-d vector) in partitions of ~4096 rows,
+# searched by probing NPROBES partitions and re-ranking REFINE_FACTOR * k candidates with their stored float32
+# vectors. Measured (recall@10 of 300 queries against the exact top 10, p50 of one query at a time, on 2 cores with
+# a CI run busy on them, 1-min load average 4.3-6.4; 512-d vectors clustered as in benchmarks/bench_index.py):
+#   20k rows, 2000 clusters (IVF-PQ 32 sub-vectors, sqrt(N) partitions, 20 probes, refine 10: recall 0.90, build 38 s;
+#     IVF-RQ with those partitions and probes: 0.90; IVF-RQ, 4 partitions of ~4096 rows: 0.965 at refine 10, 0.978
+#     at 20, 0.990 at 40 (15.6 ms), build 0.8 s; IVF-PQ with those partitions, refine 40: 0.967, build 42 s);
+#   100k rows, 2000 clusters: IVF-RQ, 24 partitions, 20 probes: 0.998 at refine 10..40 (11-19 ms), build 3.6 s;
+#   100k rows, 200 clusters (500 rows per cluster, as 10^6 rows in 2000 clusters): 0.814 at refine 10, 0.956 at 20,
+#     0.999 at 40 (18 ms);
+#   300k rows, 600 clusters (again 500 per cluster), 73 partitions, 20 probes: 0.819 / 0.957 / 0.999 at refine
+#     10 / 20 / 40 (p50 17-19 ms at load 2.4, not growing with the refine factor), build 8.4 s;
+#   (IVF-HNSW-SQ: 0.98-1.0 at 20k but 22 s to build 20k rows and several minutes for 100k on these cores: too slow
+#     to build 10^6 rows; IVF-SQ: 512 bytes per vector in the query process's cache, 0.5 GB at 10^6.)
+# Small partitions keep sparse-neighbour tables (20k rows, ~10 per cluster) nearly exhaustive under 20 probes while a
+# 10^6-row table scans ~8% of its compact codes; refine 40 is what the within-cluster order needs at 500 rows per
+# cluster. An exact scan of the table (bypassing the index) took 70 ms at 20k rows and 410-450 ms at 100k.
+PARTITION_ROWS = 4096
 NPROBES = 20
-REFINE_FACTOR = 10
+REFINE_FACTOR = 40
 # Settings that must agree between a table and a run writing into it (all of them but the model, which gets its own
 # message).
 CHECKED_SETTINGS = ("embedding_dim", "sampling_rate", "truncation", "window", "window_s", "precision")
 
 
 def is_table(path: str | os.PathLike) -> bool:
-    """Whether `path` names a LanceDB table output (ends in .lance, local or object storage)."""
-    return str(path).rstrip("/").lower().endswith(SUFFIX)
+    """Whether `path` names a LanceDB table output: it ends in .lance (local or object storage), or it is a local
+    folder holding one (`clapforge embed --index DIR` writes DIR/files.lance)."""
+    text = str(path).rstrip("/")
+    if text.lower().endswith(SUFFIX):
+        return True
+    local = local_path(text)
+    return local is not None and (local / (FILES + SUFFIX)).is_dir()
 
 
 def connect(uri: str | os.PathLike) -> Any:
@@ -207,14 +228,9 @@ def drop_orphan_windows(tables: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------------- index
 
 
-def index_defaults(rows: int, dim: int) -> dict[str, int]:
-    """IVF-PQ parameters from the table's size: ~sqrt(N) partitions (a few thousand rows each at 10^6, so one probe
-    reads little) and one 8-bit PQ code per 16 dimensions (32 bytes per 512-d vector, 64x smaller than float32)."""
-    partitions = max(1, round(rows**0.5))
-    sub_vectors = max(1, dim // 16)
-    while dim % sub_vectors:
-        sub_vectors -= 1
-    return {"num_partitions": partitions, "num_sub_vectors": sub_vectors}
+def index_defaults(rows: int) -> dict[str, int]:
+    """IVF-RQ parameters from the table's size: partitions of ~PARTITION_ROWS rows (see the comment there)."""
+    return {"num_partitions": max(1, rows // PARTITION_ROWS)}
 
 
 def has_vector_index(table: Any) -> bool:
@@ -222,8 +238,8 @@ def has_vector_index(table: Any) -> bool:
 
 
 def build_index(uri: str | os.PathLike, exact: bool = False) -> list[dict[str, Any]]:
-    """Build (or, with `exact`, drop) the IVF-PQ index of each table of `uri`; one report per table:
-    {"table", "rows", "action" ("built", "dropped", "exact: too small"), "seconds"(, partitions, sub-vectors)}."""
+    """Build (or, with `exact`, drop) the IVF-RQ index of each table of `uri`; one report per table:
+    {"table", "rows", "action" ("built", "dropped", "left exact (...)"), "seconds"(, "num_partitions")}."""
     reports = []
     for name, table in open_tables(uri).items():
         rows = table.count_rows()
@@ -237,12 +253,11 @@ def build_index(uri: str | os.PathLike, exact: bool = False) -> list[dict[str, A
         elif rows < MIN_ANN_ROWS:
             report["action"] = f"left exact (fewer than {MIN_ANN_ROWS} rows)"
         else:
-            dim = table.schema.field("embedding").type.list_size
-            params = index_defaults(rows, dim)
-            from lancedb.index import IvfPq
+            params = index_defaults(rows)
+            from lancedb.index import IvfRq
 
             # With `config`, lancedb 0.40 reads the first argument as the column name.
-            table.create_index("embedding", replace=True, config=IvfPq(distance_type="cosine", **params))
+            table.create_index("embedding", replace=True, config=IvfRq(distance_type="cosine", **params))
             report.update(action="built", **params)
         report["seconds"] = time.perf_counter() - start
         reports.append(report)
