@@ -9,7 +9,7 @@ nothing else, so its peak RSS is that of a query process), build time of the tab
 
     .venv/bin/python benchmarks/bench_index.py [--vectors 1000000] [--queries 1000] [--dir /tmp/bench_index]
 
-At 10^5 vectors on 2 cores: 29 s and 1.6 GB peak RSS of the main process (torch, the vectors, the table's writer);
+At 10^5 vectors on 2 cores: 33 s and 1.6 GB peak RSS of the main process (torch, the vectors, the table's writer);
 at 10^6 expect ~5 minutes and ~6 GB (the 2 GB matrix, its table chunks, the index build; not run yet). Check it at
 `--vectors 20000`. Prints a markdown table with the load average; RESULTS.md quotes it ("## Search index").
 """
@@ -168,7 +168,7 @@ def main() -> None:
     ann_p50, ann_p95 = statistics.median(ann_ms), ann_ms[int(0.95 * (len(ann_ms) - 1))]
     print(f"{args.vectors} vectors x {args.dim} ({args.clusters} clusters, spread {args.spread}), {args.queries} "
           f"queries, k={args.top_k}; index: {report['action']} {report.get('num_partitions')} partitions, "
-          "1 bit per dimension (RaBitQ), "
+          f"{report.get('num_bits')} bits per dimension (RaBitQ), "
           f"searched with {NPROBES} probes and refine factor {REFINE_FACTOR}\n")
     print("| | exact torch scan | LanceDB IVF-RQ |")
     print("|---|---|---|")

@@ -285,9 +285,9 @@ def test_a_process_without_a_model_searches_without_torch(tmp_path):
 
 
 def test_index_defaults_follow_the_table_size():
-    assert table.index_defaults(1_000_000) == {"num_partitions": 244}
-    assert table.index_defaults(100_000) == {"num_partitions": 24}
-    assert table.index_defaults(4000) == {"num_partitions": 1}
+    assert table.index_defaults(1_000_000) == {"num_partitions": 244, "num_bits": 4}
+    assert table.index_defaults(100_000) == {"num_partitions": 24, "num_bits": 4}
+    assert table.index_defaults(4000) == {"num_partitions": 1, "num_bits": 4}
 
 
 def _table_out(output: str) -> list[list[str]]:

@@ -16,7 +16,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="action", required=True)
     build = actions.add_parser(
         "build",
-        help="build an IVF-RQ index sized for the table (partitions of ~4096 rows, 1 bit per dimension)",
+        help="build an IVF-RQ index sized for the table (partitions of ~4096 rows, 4 bits per dimension)",
         description="Tables under 1000 rows are left exact. Searches use the index unless `search --exact`.",
     )
     build.add_argument("table", help="OUT.lance written by `clapforge embed`")
