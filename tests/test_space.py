@@ -412,3 +412,40 @@ def gradio_version() -> str:
     import gradio
 
     return gradio.__version__
+
+
+def test_search_tab_ranks_the_rows_of_a_table(tmp_path):
+    """TABLE=OUT.lance: the search tab ranks the table's rows (exactly: 4 rows have no index) like
+    `clapforge.search` on that table, plays the top files, and the Space's search defaults match clapforge's."""
+    from gradio_client import Client
+
+    from clapforge.tools import table as clap_table
+    from clapforge.tools.embed import embed_files
+
+    build_model_folder(tmp_path / "model")
+    clips = write_clips(tmp_path / "library")
+    out = tmp_path / "clips.lance"
+    embed_files(tmp_path / "model", tmp_path / "library", out, batch_size=2, progress=False)
+    app = load_app_module()
+    assert (app.TABLE_NPROBES, app.TABLE_REFINE_FACTOR) == (clap_table.NPROBES, clap_table.REFINE_FACTOR)
+    demo = app.build_demo(str(tmp_path / "model"), str(out))
+    assert app.launch_kwargs(demo)["allowed_paths"][-1] == str(tmp_path / "library")
+    url = launch(app, demo)
+    try:
+        query = "a dog barking"
+        expected = clapforge.search(out, text=query, model=tmp_path / "model", top_k=len(clips), exact=True)
+        table, *players = Client(url, verbose=False).predict(query, [], True, api_name="/search")
+        assert [row[1] for row in table["data"]] == [r["key"] for r in expected]
+        assert [row[0] for row in table["data"]] == list(range(1, len(clips) + 1))
+        np.testing.assert_allclose([row[2] for row in table["data"]], [r["score"] for r in expected], atol=1e-4)
+        shown = [p for p in players if p.get("value")]
+        assert len(shown) == min(app.TOP_K, len(clips))
+        for rank, (player, row) in enumerate(zip(shown, expected, strict=False)):
+            assert player["label"].startswith(f"{rank + 1}. {row['key']}")
+            assert Path(player["value"]).read_bytes() == clips[row["key"]].read_bytes()
+    finally:
+        demo.close()
+
+    missing = tmp_path / "missing.lance"
+    with pytest.raises(ValueError, match="missing.lance is not a clapforge table"):
+        app.build_demo(str(tmp_path / "model"), str(missing))

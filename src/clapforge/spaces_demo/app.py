@@ -6,7 +6,10 @@ the weights. Uploads of any format FFmpeg reads are decoded by torchcodec straig
 averaged to mono.
 
 Environment: MODEL (default runs/demo/hub), MAX_SECONDS (longest clip accepted, default 120), MAX_FILE_SIZE (largest
-upload, default 20mb), CONCURRENCY (requests computed at once, default 2), QUEUE_SIZE (requests waiting, default 64).
+upload, default 20mb), CONCURRENCY (requests computed at once, default 2), QUEUE_SIZE (requests waiting, default 64),
+TABLE (optional: a LanceDB table written by `clapforge embed MODEL INPUT OUT.lance` or `--index DIR`, local or on
+object storage, made with this MODEL; the search tab then ranks its rows instead of the gallery, through the table's
+ANN index when it has one; needs `lancedb` installed, imported only then).
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ DEFAULT_PROMPT = "This is a sound of {label}."
 EXAMPLES_DIR = Path(__file__).parent / "examples"
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".aiff", ".aif"}
 TOP_K = 5  # audio players shown for a search; the table ranks every clip
+TABLE_ROWS = 100  # rows of a TABLE shown for a search
+# Copies of clapforge.tools.table's NPROBES and REFINE_FACTOR (the Space runs without clapforge; a test checks).
+TABLE_NPROBES = 20
+TABLE_REFINE_FACTOR = 10
 # Any of these in a model folder means it carries a tokenizer (transformers writes tokenizer_config.json with any).
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.json", "vocab.txt", "spiece.model")
 
@@ -76,16 +83,53 @@ def missing_tokenizer_message(model_path: str) -> str:
     )
 
 
-class ClapDemo:
-    """The loaded model and processor, and the three functions the tabs call."""
+class TableIndex:
+    """The `files` table of a clapforge LanceDB table output (TABLE), searched by cosine similarity.
 
-    def __init__(self, model_path: str) -> None:
+    `library_root` is the folder holding every row's file (None if they share none): the app may serve those files
+    to the players (Gradio serves only allowed paths), and a player is shown only for a file the Space can read.
+    """
+
+    def __init__(self, uri: str) -> None:
+        try:
+            import lancedb
+        except ImportError as error:
+            raise ValueError(f"TABLE={uri} needs the lancedb package: add `lancedb` to requirements.txt "
+                             "(or unset TABLE to search the gallery)") from error
+        try:
+            self.table = lancedb.connect(uri).open_table("files")
+        except (FileNotFoundError, ValueError) as error:
+            raise ValueError(f"TABLE={uri} is not a clapforge table (no 'files' table in it): make it with "
+                             "`clapforge embed MODEL INPUT OUT.lance`") from error
+        self.indexed = any("embedding" in (i.columns or []) for i in self.table.list_indices())
+        paths = [p for p in self.table.search().select(["path"]).limit(None).to_arrow().column("path").to_pylist()
+                 if p and not p.startswith(("s3://", "gs://", "az://", "hf://"))]
+        try:
+            self.library_root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]) or None
+        except ValueError:  # no paths, or paths on different drives
+            self.library_root = None
+
+    def search(self, query: torch.Tensor, limit: int) -> list[dict[str, Any]]:
+        """[{"key", "path", "score"}] of the `limit` rows nearest to the (E,) query, best first."""
+        builder = self.table.search(query.float().numpy(), vector_column_name="embedding")
+        builder = builder.distance_type("cosine").limit(limit).select(["key", "path", "_distance"])
+        if self.indexed:
+            builder = builder.nprobes(TABLE_NPROBES).refine_factor(TABLE_REFINE_FACTOR)
+        return [{"key": r["key"], "path": r["path"], "score": 1.0 - float(r["_distance"])}
+                for r in builder.to_arrow().to_pylist()]
+
+
+class ClapDemo:
+    """The loaded model and processor (and TABLE, if given), and the three functions the tabs call."""
+
+    def __init__(self, model_path: str, table: str | None = None) -> None:
         self.processor = load_processor(model_path)
         self.model = AutoModel.from_pretrained(model_path, trust_remote_code=True).eval()
         self.sampling_rate = int(self.processor.feature_extractor.sampling_rate)
         # A fast tokenizer is not safe to call from two threads at once ("Already borrowed"); the model is.
         self._tokenizer_lock = threading.Lock()
         self._gallery_cache: dict[tuple[str, int, float], torch.Tensor] = {}
+        self.table = TableIndex(table) if table else None
 
     # ---- inputs ---------------------------------------------------------------------------------------------------
 
@@ -157,6 +201,8 @@ class ClapDemo:
         query = (query or "").strip()
         if not query:
             raise gr.Error("Type a query, e.g. 'a dog barking'.")
+        if self.table is not None:
+            return self.search_table(query)
         paths = [str(f) for f in files or []] + (example_clips() if use_examples else [])
         if not paths:
             raise gr.Error("Upload some clips or tick 'Include the built-in example clips'.")
@@ -166,6 +212,18 @@ class ClapDemo:
         players = [
             gr.Audio(value=paths[i], label=f"{rank + 1}. {Path(paths[i]).name} ({float(scores[i]):.3f})", visible=True)
             for rank, i in enumerate(order[:TOP_K])
+        ]
+        players += [gr.Audio(value=None, visible=False)] * (TOP_K - len(players))
+        return (table, *players)
+
+    def search_table(self, query: str) -> tuple[Any, ...]:
+        """The TABLE_ROWS rows of TABLE nearest to the query (rank, key, cosine similarity), players for the top ones
+        whose file the Space can read."""
+        found = self.table.search(self.text_embeds([query])[0], TABLE_ROWS)
+        table = [[rank + 1, row["key"], round(row["score"], 4)] for rank, row in enumerate(found)]
+        players = [
+            gr.Audio(value=row["path"], label=f"{rank + 1}. {row['key']} ({row['score']:.3f})", visible=True)
+            for rank, row in enumerate(found[:TOP_K]) if row["path"] and os.path.isfile(row["path"])
         ]
         players += [gr.Audio(value=None, visible=False)] * (TOP_K - len(players))
         return (table, *players)
@@ -181,9 +239,9 @@ class ClapDemo:
         return table, dict(zip(captions, probabilities, strict=True))
 
 
-def build_demo(model_path: str) -> gr.Blocks:
-    """The Blocks app with its queue configured; launch it with `demo.launch(**launch_kwargs())`."""
-    app = ClapDemo(model_path)
+def build_demo(model_path: str, table: str | None = None) -> gr.Blocks:
+    """The Blocks app with its queue configured; launch it with `demo.launch(**launch_kwargs(demo))`."""
+    app = ClapDemo(model_path, table)
     examples = example_clips()
     with gr.Blocks(title="CLAP demo") as demo:
         gr.Markdown(
@@ -213,8 +271,12 @@ def build_demo(model_path: str) -> gr.Blocks:
             with gr.Row():
                 with gr.Column():
                     query = gr.Textbox(label="Query", value="a dog barking")
-                    files = gr.File(label="Clips to search", file_count="multiple", type="filepath")
-                    use_examples = gr.Checkbox(label="Include the built-in example clips", value=True)
+                    if app.table is not None:
+                        gr.Markdown(f"Searching the table `{table}` ({app.table.table.count_rows()} clips).")
+                    files = gr.File(label="Clips to search", file_count="multiple", type="filepath",
+                                    visible=app.table is None)
+                    use_examples = gr.Checkbox(label="Include the built-in example clips", value=True,
+                                               visible=app.table is None)
                     search = gr.Button("Search", variant="primary")
                 with gr.Column():
                     ranking = gr.Dataframe(headers=["rank", "clip", "similarity"], label="Ranking", interactive=False)
@@ -244,17 +306,20 @@ def build_demo(model_path: str) -> gr.Blocks:
             )
     # Concurrent users wait in the queue (up to QUEUE_SIZE of them) instead of failing; CONCURRENCY run at once.
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    demo.library_root = app.table.library_root if app.table is not None else None  # read by launch_kwargs
     return demo
 
 
-def launch_kwargs() -> dict[str, Any]:
-    """What `launch` needs besides host and port: the upload limit and access to the example clips."""
-    return {"max_file_size": MAX_FILE_SIZE, "allowed_paths": [str(EXAMPLES_DIR)]}
+def launch_kwargs(demo: gr.Blocks | None = None) -> dict[str, Any]:
+    """What `launch` needs besides host and port: the upload limit and access to the example clips (and to the
+    files of TABLE, for the players)."""
+    root = getattr(demo, "library_root", None)
+    return {"max_file_size": MAX_FILE_SIZE, "allowed_paths": [str(EXAMPLES_DIR)] + ([root] if root else [])}
 
 
 if __name__ == "__main__":
     try:
-        demo = build_demo(os.environ.get("MODEL", "runs/demo/hub"))
-    except ValueError as error:  # a folder the demo cannot serve: the message says why and what to do
+        demo = build_demo(os.environ.get("MODEL", "runs/demo/hub"), os.environ.get("TABLE") or None)
+    except ValueError as error:  # a folder or table the demo cannot serve: the message says why and what to do
         sys.exit(f"app.py: {error}")
-    demo.launch(**launch_kwargs())
+    demo.launch(**launch_kwargs(demo))
