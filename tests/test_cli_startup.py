@@ -62,7 +62,7 @@ def test_every_sub_command_help_is_light(command):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["embed"], "the following arguments are required: model, input, out"),
+        (["embed"], "the following arguments are required: model, input"),  # OUT is optional with --index DIR
         (["eval", "model", "--data", "x", "--task", "nope"], "argument --task: invalid choice"),
         (["nope"], "invalid choice"),
     ],
