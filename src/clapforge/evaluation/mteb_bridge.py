@@ -20,7 +20,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_json, atomic_write_text
 from ..inference.prompts import DEFAULT_PROMPT
 from .mteb_model import model_meta
 from .mteb_tasks import SYNTHETIC, T2A_TASK, ZERO_SHOT_TASK, synthetic_tasks
@@ -190,17 +189,9 @@ def markdown_summary(summary: Mapping[str, Any], digits: int = 2) -> str:
 
 def write_mteb_results(summary: Mapping[str, Any], out: str | os.PathLike, model_name: str) -> dict[str, Path]:
     """Write `out` (the summary JSON), `<stem>.md` and `<stem>.model-index.yaml` beside it; returns the paths."""
-    import yaml
+    from .tasks import write_result_files
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out, "markdown": out.with_suffix(".md"), "model_index": out.with_suffix(".model-index.yaml")}
-    atomic_write_json(paths["json"], summary, indent=2)
-    atomic_write_text(paths["markdown"], markdown_summary(summary))
-    block = yaml.safe_dump({"model-index": model_index_from_mteb(summary, model_name)}, sort_keys=False,
-                           allow_unicode=True)
-    atomic_write_text(paths["model_index"], block)
-    return paths
+    return write_result_files(out, summary, markdown_summary(summary), model_index_from_mteb(summary, model_name))
 
 
 def _registered_metadata(task_name: str) -> Any:

@@ -318,18 +318,25 @@ def model_index(results: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def write_results(results: Mapping[str, Any], out: str | os.PathLike) -> dict[str, Path]:
     """Write `out` (JSON), `<stem>.md` (the table) and `<stem>.model-index.yaml` beside it; returns the paths."""
+    return write_result_files(out, results, markdown_table(results), model_index(results))
 
+
+def write_result_files(
+    out: str | os.PathLike, results: Mapping[str, Any], markdown: str, model_index_entries: list[dict[str, Any]]
+) -> dict[str, Path]:
+    """The layout every `clapforge eval --out` writes (and `push --results` reads): `out` (the results JSON),
+    `<stem>.md` and `<stem>.model-index.yaml` beside it, each atomically; returns the paths."""
     import yaml
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = {"json": out, "markdown": out.with_suffix(".md"), "model_index": out.with_suffix(".model-index.yaml")}
     atomic_write_json(paths["json"], results, indent=2)
-    atomic_write_text(paths["markdown"], markdown_table(results))
-    block = yaml.safe_dump({"model-index": model_index(results)}, sort_keys=False, allow_unicode=True)
+    atomic_write_text(paths["markdown"], markdown)
+    block = yaml.safe_dump({"model-index": model_index_entries}, sort_keys=False, allow_unicode=True)
     atomic_write_text(paths["model_index"], block)
     return paths
 
 
 __all__ = ["DecodedClips", "class_embeddings", "embed_benchmark_audio", "markdown_table", "model_index",
-           "run_benchmark", "write_results"]
+           "run_benchmark", "write_result_files", "write_results"]
