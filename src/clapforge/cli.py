@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .commands import classify, convert, demo, embed, evaluate, index, prepare, push, search, synth, train
+from .commands import classify, convert, demo, embed, evaluate, export, index, prepare, push, search, synth, train
 
 # In `clapforge --help` order. Each module has `register(subparsers)` and `run(args) -> int` (see commands/).
-COMMANDS = [convert, prepare, synth, train, evaluate, embed, search, index, classify, push, demo]
+COMMANDS = [convert, prepare, synth, train, evaluate, embed, search, index, classify, export, push, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

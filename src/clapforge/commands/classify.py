@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..inference.prompts import DEFAULT_PROMPT
+from ._backend import add_backend_arguments
 from ._format import format_table
 
 
@@ -15,6 +16,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--labels", required=True, help="comma-separated labels, e.g. 'dog,rain,siren'")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="text template with {label}")
     parser.add_argument("--batch-size", type=int, default=16)
+    add_backend_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -26,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     labels = [label.strip() for label in args.labels.split(",") if label.strip()]
     if not labels:
         raise ValueError("--labels needs at least one label, e.g. --labels 'dog,rain,siren'")
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, backend=args.backend, precision=args.precision)
     sr = getattr(loaded[1], "feature_extractor", loaded[1]).sampling_rate
     audio, names, errors = [], [], []
     for name in args.files:

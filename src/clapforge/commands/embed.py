@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from ._backend import add_backend_arguments
 from ._format import format_table
 
 
@@ -48,12 +49,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--key-column", help="dataset column naming each row (default: file name#row)")
     parser.add_argument("--overwrite", action="store_true", help="discard earlier parts and output and start again")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--precision",
-        choices=["fp32", "bf16"],
-        default="fp32",
-        help="bf16 autocasts the model: ~2x faster on CPUs with AVX-512 BF16 or AMX and on GPUs (default fp32)",
-    )
+    add_backend_arguments(parser)
     parser.add_argument(
         "--compile",
         action="store_true",
@@ -85,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         compile=args.compile,
         table=args.index is not None,
+        backend=args.backend,
     )
     if not report.main_process:
         return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ._backend import add_backend_arguments
 from ._format import format_seconds, format_table
 
 
@@ -27,6 +28,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--exact", action="store_true", help="tables only: scan every row even if the table has an ANN index"
     )
+    add_backend_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give a text query or --audio FILE (one of them)")
     results = search(
         args.index, text=args.query, audio=args.audio, model=args.model, top_k=args.top_k, windows=args.windows,
-        where=args.where, exact=args.exact,
+        where=args.where, exact=args.exact, backend=args.backend, precision=args.precision,
     )
     if args.windows:
         rows = [

@@ -151,7 +151,8 @@ def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    device = getattr(model, "device", None)  # transformers' models and the ONNX backend (which has no parameters)
+    return device if isinstance(device, torch.device) else next(model.parameters()).device
 
 
 def _concat(embeds: list[torch.Tensor], model: torch.nn.Module, device: torch.device) -> torch.Tensor:

@@ -19,26 +19,56 @@ def model_reference(model: str | os.PathLike) -> str:
     return str(path.resolve()) if path.is_dir() else str(model)
 
 
-def load_model(model: ModelLike, device: str | torch.device | None = None) -> tuple[Any, Any]:
+BACKENDS = ("torch", "onnx")
+# The precisions each backend runs: torch in float32 or under bfloat16 autocast, ONNX Runtime the fp32 graphs or the
+# int8 ones (`clapforge export --quantize int8`).
+BACKEND_PRECISIONS = {"torch": ("fp32", "bf16"), "onnx": ("fp32", "int8")}
+
+
+def check_backend(backend: str, precision: str = "fp32") -> None:
+    """Refuse an unknown backend, or a precision the backend does not run, naming what it does run."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if precision not in BACKEND_PRECISIONS[backend]:
+        raise ValueError(
+            f"precision {precision!r} is not run by the {backend} backend: it runs {BACKEND_PRECISIONS[backend]}"
+            + (" (int8 needs --backend onnx and an export made with --quantize int8)" if precision == "int8" else "")
+        )
+
+
+def load_model(
+    model: ModelLike, device: str | torch.device | None = None, backend: str = "torch", precision: str = "fp32"
+) -> tuple[Any, Any]:
     """(model in eval mode, processor) for a folder or Hub id, cached per process (until the folder's weights change);
     a `(model, processor)` pair is returned as is.
 
     The processor is a `LaionClapProcessor`, or the bare `LaionClapFeatureExtractor` for a folder saved without a
-    tokenizer (enough to embed audio; `tokenizer_of` refuses it for text).
+    tokenizer (enough to embed audio; `tokenizer_of` refuses it for text). `backend="onnx"` loads a folder written by
+    `clapforge export` as an `OnnxClapModel` (ONNX Runtime on the CPU) at `precision` "fp32" or "int8"; for torch,
+    `precision` is applied when the model runs (bf16 autocast), not here.
     """
     if isinstance(model, tuple):
         if len(model) != 2:
             raise ValueError("model must be a folder, a Hub id or a (model, processor) pair")
         return model
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    check_backend(backend, precision)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() and backend == "torch" else "cpu"))
+    if backend == "onnx" and device.type != "cpu":
+        raise ValueError(f"the onnx backend runs on the CPU (ONNX Runtime's CPU provider), not on {device}")
     name = model_reference(model)
-    cache_key = (name, str(device), _weights_stamp(name))
+    cache_key = (name, str(device), backend, precision if backend == "onnx" else "", _weights_stamp(name))
     if cache_key not in _LOADED:
-        from ..modeling_clap.modeling_laion_clap import LaionClapModel
         from ..processing.feature_extraction_laion_clap import LaionClapFeatureExtractor
         from ..processing.processing_laion_clap import LaionClapProcessor
 
-        loaded = LaionClapModel.from_pretrained(name).to(device).eval()
+        if backend == "onnx":
+            from .onnx_backend import OnnxClapModel
+
+            loaded = OnnxClapModel(name, precision)
+        else:
+            from ..modeling_clap.modeling_laion_clap import LaionClapModel
+
+            loaded = LaionClapModel.from_pretrained(name).to(device).eval()
         try:
             processor = LaionClapProcessor.from_pretrained(name)
         except (OSError, ValueError, TypeError):
@@ -53,7 +83,8 @@ def _weights_stamp(name: str) -> tuple:
     folder = Path(name)
     if not folder.is_dir():
         return ()
-    return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.glob("*.safetensors")))
+    weights = [*folder.glob("*.safetensors"), *folder.glob("onnx/*.onnx")]
+    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(weights))
 
 
 def feature_extractor_of(processor: Any) -> Any:
@@ -71,8 +102,12 @@ def tokenizer_of(processor: Any) -> Any:
 def weights_hash(model: torch.nn.Module) -> str:
     """sha256 of a loaded model's parameters and buffers (names, dtypes, shapes, bytes): what an index records so that
     embeddings of two models, or of one folder before and after retraining, are never mixed. Independent of where the
-    weights came from (a folder, the Hub, a conversion)."""
+    weights came from (a folder, the Hub, a conversion). An ONNX export answers with the hash of the weights it was
+    exported from (its manifest), so its embeddings are recorded under the same model."""
     import hashlib
+
+    if hasattr(model, "weights_sha256"):
+        return model.weights_sha256
 
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):

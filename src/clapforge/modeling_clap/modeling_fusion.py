@@ -93,13 +93,23 @@ def fuse_local_crops(
     side by side along the map's time axis `time_dim`, zero-padded (or cut) to the global map's length as LAION does,
     and merged into that clip's global map by `fusion_model`. Shorter clips keep their global map untouched.
     """
+    if torch.onnx.is_in_onnx_export():
+        # An ONNX graph has one path for every batch: fuse every clip, then keep the fused map of the longer ones.
+        # Equal to the eager path clip by clip (in eval mode BatchNorm and pooling see one clip at a time).
+        fused = fusion_model(global_map, _local_map(crops, local_branch, global_map.shape[time_dim], time_dim))
+        return torch.where(longer[:, None, None, None], fused, global_map)
     if not longer.any():
         return global_map
-    local = crops[longer]  # (b, 3, X, Y)
-    b, n = local.shape[:2]
-    local = local_branch(local.flatten(0, 1).unsqueeze(1)).unflatten(0, (b, n))  # (b, 3, C, h, w)
-    local = torch.cat(local.unbind(1), dim=time_dim)  # (b, C, H, 3w) or (b, C, 3h, W): front, middle, back
-    missing = global_map.shape[time_dim] - local.shape[time_dim]
-    local = F.pad(local, [0, 0] * (local.ndim - 1 - time_dim) + [0, missing])  # (b, C, H, W)
+    local = _local_map(crops[longer], local_branch, global_map.shape[time_dim], time_dim)  # (b, C, H, W)
     fused = fusion_model(global_map[longer], local)
     return global_map.index_put((longer.nonzero()[:, 0],), fused)
+
+
+def _local_map(crops: torch.Tensor, local_branch: nn.Module, length: int, time_dim: int) -> torch.Tensor:
+    """crops: (b, 3, X, Y) -> (b, C, H, W): each crop through `local_branch`, the three side by side along
+    `time_dim`, zero-padded (or cut) to the global map's `length`."""
+    b, n = crops.shape[:2]
+    local = local_branch(crops.flatten(0, 1).unsqueeze(1)).unflatten(0, (b, n))  # (b, 3, C, h, w)
+    local = torch.cat(local.unbind(1), dim=time_dim)  # (b, C, H, 3w) or (b, C, 3h, W): front, middle, back
+    missing = length - local.shape[time_dim]
+    return F.pad(local, [0, 0] * (local.ndim - 1 - time_dim) + [0, missing])

@@ -1,7 +1,9 @@
 """Python API: embed audio and text, classify zero-shot, search an embeddings file.
 
 `model` is a clapforge model folder or Hub id (loaded once per process and cached by `inference.loading`) or an
-already loaded `(model, processor)` pair. Shapes: N clips, T texts, K labels, E joint embedding.
+already loaded `(model, processor)` pair. `backend="onnx"` runs a folder written by `clapforge export` in ONNX Runtime
+(`precision` "fp32", or "int8" for an export made with `--quantize int8`); the default runs PyTorch.
+Shapes: N clips, T texts, K labels, E joint embedding.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from ..inference.embedding import embed_audio_batches, embed_texts
 from ..inference.loading import ModelLike, feature_extractor_of, load_model, tokenizer_of
 from ..inference.prompts import DEFAULT_PROMPT, format_prompt
 from .index import EmbeddingIndex, read_index
-from .table import is_table
+from .table import FILES, is_table, open_tables, search_table, table_settings
 from .windows import best_window_per_file
 
 AudioLike = str | os.PathLike | np.ndarray | torch.Tensor
@@ -36,6 +38,8 @@ def embed_audio(
     model: ModelLike,
     sampling_rate: int | None = None,
     batch_size: int = 16,
+    backend: str = "torch",
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """(N, E) float32 L2-normalised audio embeddings on the CPU, in input order.
 
@@ -45,7 +49,7 @@ def embed_audio(
     """
     from ..data.shards import decode_audio
 
-    model, processor = load_model(model)
+    model, processor = load_model(model, backend=backend, precision=precision)
     extractor = feature_extractor_of(processor)
     items = _as_list(paths_or_arrays)
     paths = [i for i, item in enumerate(items) if isinstance(item, str | os.PathLike)]
@@ -62,9 +66,11 @@ def embed_audio(
     return out
 
 
-def embed_text(texts: str | Sequence[str], model: ModelLike, batch_size: int = 64) -> torch.Tensor:
+def embed_text(
+    texts: str | Sequence[str], model: ModelLike, batch_size: int = 64, backend: str = "torch", precision: str = "fp32"
+) -> torch.Tensor:
     """(T, E) float32 L2-normalised text embeddings on the CPU, in input order."""
-    model, processor = load_model(model)
+    model, processor = load_model(model, backend=backend, precision=precision)
     texts = [texts] if isinstance(texts, str) else list(texts)
     return embed_texts(model, tokenizer_of(processor), texts, batch_size).cpu()
 
@@ -76,11 +82,13 @@ def classify(
     prompt: str = DEFAULT_PROMPT,
     sampling_rate: int | None = None,
     batch_size: int = 16,
+    backend: str = "torch",
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """(N, K) zero-shot probabilities: softmax over labels of `logit_scale_a.exp() * cosine(audio, prompt(label))`."""
     if not labels:
         raise ValueError("classify needs at least one label")
-    loaded = load_model(model)
+    loaded = load_model(model, backend=backend, precision=precision)
     audio = embed_audio(paths_or_arrays, loaded, sampling_rate=sampling_rate, batch_size=batch_size)  # (N, E)
     text = embed_text([format_prompt(prompt, label) for label in labels], loaded)  # (K, E)
     scale = loaded[0].logit_scale_a.detach().exp().float().cpu()
@@ -97,6 +105,8 @@ def search(
     sampling_rate: int | None = None,
     where: str | None = None,
     exact: bool = False,
+    backend: str = "torch",
+    precision: str = "fp32",
 ) -> list[dict[str, Any]]:
     """Nearest files of an embeddings file or a LanceDB table (OUT.lance) by cosine similarity to a text or audio query.
 
@@ -105,17 +115,19 @@ def search(
     (`start`, `end` in seconds). Returns [{"rank", "score", "key"(, "start", "end")}], best first; a table's results
     also carry "path" and "duration". On a table, `where` is a LanceDB SQL filter (e.g. "duration > 5",
     "key LIKE 'birds/%'") applied before the top k, and the search uses the table's ANN index when it has one
-    (`clapforge index build`) unless `exact`.
+    (`clapforge index build`) unless `exact`. `backend`/`precision` embed the query (see the module docstring).
     """
     if (text is None) == (audio is None):
         raise ValueError("search needs exactly one query: text or audio")
     if not isinstance(index, EmbeddingIndex) and is_table(index):
-        return _search_table(index, text, audio, model, top_k, windows, sampling_rate, where, exact)
+        model = model or table_settings(open_tables(index)[FILES]).get("model")
+        query = _query(text, audio, model, sampling_rate, backend, precision)
+        return search_table(index, query.numpy(), top_k=top_k, where=where, exact=exact, windows=windows)
     if where is not None:
         raise ValueError("filters (where) need a LanceDB table: embed into OUT.lance")
     if not isinstance(index, EmbeddingIndex):
         index = read_index(index)
-    query = _query(text, audio, model or index.metadata.get("model"), sampling_rate)
+    query = _query(text, audio, model or index.metadata.get("model"), sampling_rate, backend, precision)
     if windows:
         if not index.has_windows:
             raise ValueError("this index has no windows: make it with `clapforge embed --window`")
@@ -133,21 +145,13 @@ def search(
             for rank, i in enumerate(order.tolist())]
 
 
-def _search_table(uri, text, audio, model, top_k, windows, sampling_rate, where, exact) -> list[dict[str, Any]]:
-    from .table import FILES, open_tables, search_table, table_settings
-
-    if model is None:
-        model = table_settings(open_tables(uri)[FILES]).get("model")
-    query = _query(text, audio, model, sampling_rate)
-    return search_table(uri, query.numpy(), top_k=top_k, where=where, exact=exact, windows=windows)
-
-
-def _query(text: str | None, audio: AudioLike | None, model: ModelLike | None, sampling_rate: int | None):
+def _query(text: str | None, audio: AudioLike | None, model: ModelLike | None, sampling_rate: int | None,
+           backend: str, precision: str) -> torch.Tensor:
     """(E,) L2-normalised embedding of the text or audio query."""
     if not model:
         raise ValueError("the index does not record its model; pass one (--model)")
     if text is not None:
-        query = embed_text([text], model)[0]  # (E,)
+        query = embed_text([text], model, backend=backend, precision=precision)[0]  # (E,)
     else:
-        query = embed_audio([audio], model, sampling_rate=sampling_rate)[0]  # (E,)
+        query = embed_audio([audio], model, sampling_rate=sampling_rate, backend=backend, precision=precision)[0]
     return torch.nn.functional.normalize(query, dim=0)

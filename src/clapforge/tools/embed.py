@@ -58,9 +58,6 @@ class EmbedReport:
 # ---------------------------------------------------------------------------------------------------- embed
 
 
-PRECISIONS = ("fp32", "bf16")
-
-
 def embed_files(
     model: str | os.PathLike,
     source: str | os.PathLike,
@@ -78,6 +75,7 @@ def embed_files(
     precision: str = "fp32",
     compile: bool = False,
     table: bool = False,
+    backend: str = "torch",
 ) -> EmbedReport:
     """Embed every input of `source` into `out` (.parquet or .safetensors); see the module docstring for the layout.
     An `out` ending in .lance, or any `out` with `table=True` (`--index DIR`), is a LanceDB table, brought up to date
@@ -85,23 +83,26 @@ def embed_files(
 
     Under `accelerate launch` every process runs this same call; the work is split by parts and rank 0 merges.
     `compile=True` runs the audio tower through `torch.compile` (see `compile_audio_tower`): slower to start, faster
-    per file on long jobs. Returns the report (on every rank; `embedded` and `errors` are filled on rank 0).
+    per file on long jobs. `backend="onnx"` runs the graphs of a `clapforge export` folder in ONNX Runtime instead
+    (`precision` "fp32" or "int8"), through the same pipeline. Returns the report (on every rank;
+    `embedded` and `errors` are filled on rank 0).
     """
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
     from tqdm.auto import tqdm
 
-    from ..inference.loading import feature_extractor_of, load_model, model_reference
+    from ..inference.loading import check_backend, feature_extractor_of, load_model, model_reference
 
     if batch_size < 1 or part_size < 1:
         raise ValueError("batch_size and part_size must be at least 1")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_backend(backend, precision)
+    if compile and backend != "torch":
+        raise ValueError("--compile compiles the PyTorch model; the onnx backend runs ONNX Runtime's own optimiser")
     if table or is_table(out):
         return embed_to_table(
             model, source, out, batch_size=batch_size, num_workers=num_workers, window=window, part_size=part_size,
             dataset=dataset, audio_column=audio_column, split=split, key_column=key_column, overwrite=overwrite,
-            progress=progress, precision=precision, compile=compile)
+            progress=progress, precision=precision, compile=compile, backend=backend)
     out = Path(out)
     check_format(out)
     parts_dir = out.with_name(out.name + ".parts")
@@ -113,7 +114,7 @@ def embed_files(
     items, reader = list_inputs(source, dataset, audio_column, split, key_column)
     if not items:
         raise ValueError(f"no audio inputs in {source}")
-    loaded, processor = load_model(model, device=state.device)
+    loaded, processor = load_model(model, device=state.device, backend=backend, precision=precision)
     fe = feature_extractor_of(processor)
     settings = {
         "model": model_reference(model),
@@ -123,7 +124,7 @@ def embed_files(
         "window": bool(window),
         "window_s": fe.nb_max_samples / fe.sampling_rate if window else None,
         "part_size": int(part_size),
-        "precision": precision,  # a resumed run must not mix fp32 and bf16 parts
+        "precision": precision,  # a resumed run must not mix fp32 and bf16 (or int8) parts
         "inputs": hashlib.sha256("\n".join(i.key for i in items).encode()).hexdigest(),
     }
     report = EmbedReport(out, main_process=state.is_main_process)

@@ -52,6 +52,7 @@ def embed_to_table(
     progress: bool,
     precision: str,
     compile: bool,
+    backend: str = "torch",
 ) -> Any:
     """Bring the table `out` up to date with `source` (see the module docstring); returns an `EmbedReport`."""
     from accelerate import PartialState
@@ -67,7 +68,7 @@ def embed_to_table(
     report = EmbedReport(Path(str(out)), main_process=state.is_main_process)
 
     items, reader = list_inputs(source, dataset, audio_column, split, key_column)
-    loaded, processor = load_model(model, device=state.device)
+    loaded, processor = load_model(model, device=state.device, backend=backend, precision=precision)
     fe = feature_extractor_of(processor)
     settings = {
         "model": model_reference(model),
@@ -77,7 +78,9 @@ def embed_to_table(
         "truncation": fe.truncation,
         "window": bool(window),
         "window_s": fe.nb_max_samples / fe.sampling_rate if window else None,
-        "precision": precision,  # bf16 and fp32 embeddings differ slightly: one table holds one of them
+        # bf16 and int8 embeddings differ slightly from fp32 ones: one table holds one of them. The backend is not
+        # checked: ONNX Runtime's fp32 graphs give PyTorch's fp32 embeddings (cosine > 0.99999).
+        "precision": precision,
     }
     if not overwrite:
         check_settings(out, settings)  # every rank, before anything changes, so a refusal stops all alike
