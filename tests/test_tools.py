@@ -332,7 +332,7 @@ def test_embed_bf16_agrees_with_fp32_and_never_mixes_with_its_parts(work, refere
     # A finished fp32 output is not "up to date" for a bf16 request: it is recomputed, not silently reused.
     again = embed_files(work / "model", work / "audio", bf16_out, batch_size=2, part_size=2, progress=False)
     assert not again.up_to_date and read_index(bf16_out).metadata["precision"] == "fp32"
-    with pytest.raises(ValueError, match="precision must be one of"):
+    with pytest.raises(ValueError, match="precision 'fp16' is not run by the torch backend"):
         embed_files(work / "model", work / "audio", bf16_out, precision="fp16", progress=False)
 
 

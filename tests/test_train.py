@@ -447,3 +447,23 @@ def test_logit_scale_is_clamped_after_a_step(start, corpus, tokenizer_dir, tmp_p
     after = final_weights(out, 1)["logit_scale_a"].item()
     expected = math.log(100) if start > 0 else 0.0
     assert after == pytest.approx(expected, abs=1e-7)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_falls_back_to_fp32_where_the_cpu_only_emulates_it(monkeypatch, caplog, native):
+    """On an AVX2-only CPU bf16 autocast is ~10x slower than fp32 (the demo recipe asks for bf16 to be faster):
+    training then runs in fp32 and says so; with native bf16 (or another precision) the recipe is followed."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(train_module, "native_bf16", lambda device: native)
+    with caplog.at_level("WARNING"):
+        assert train_module._mixed_precision("bf16") == ("bf16" if native else "no")
+        assert train_module._mixed_precision("no") == "no"
+    assert ("no bf16 kernels" in caplog.text) != native
+
+
+def test_native_bf16_reads_the_cpus_kernels(monkeypatch):
+    from clapforge.inference.precision import native_bf16
+
+    for supported in (True, False):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda s=supported: s)
+        assert native_bf16("cpu") is supported

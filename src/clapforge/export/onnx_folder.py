@@ -70,7 +70,7 @@ def export_model(
         "weights_sha256": weights_hash(loaded),
         "enable_fusion": bool(loaded.config.audio_config.enable_fusion),
         "projection_dim": int(loaded.config.projection_dim),
-        "logit_scale_a": float(loaded.logit_scale_a),  # log of zero-shot's inverse temperature
+        "logit_scale_a": float(loaded.logit_scale_a.detach()),  # log of zero-shot's inverse temperature
         "precisions": ["fp32"] + ([quantize] if quantize else []),
         "quantization": {"method": method, "weights": "int8 per channel"} if quantize else None,
         "graphs": {},

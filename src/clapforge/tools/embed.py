@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ import torch
 
 from ..atomic import atomic_write_json
 from ..inference.embedding import audio_embeds, compile_audio_tower
+from ..inference.precision import native_bf16
 from .embed_inputs import AudioItems, Featurize, Item, list_inputs
 from .embed_parts import merge_parts, part_keys, part_path, write_part
 from .embed_table import embed_to_table
@@ -224,6 +226,9 @@ def embed_parts(
     # bf16 autocast: ~2x faster HTS-AT / PANN steps on CPUs with AVX-512 BF16 or AMX (and on GPUs), at a cosine
     # of ~0.9999 to fp32 (benchmarks/RESULTS.md); the embeddings are stored as float32 either way.
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    if precision == "bf16" and not native_bf16(device):
+        warnings.warn(f"--precision bf16 on a {device.type} without bf16 kernels (AVX-512 BF16 or AMX) is emulated "
+                      "and several times slower than fp32; use fp32 (or --backend onnx) here", stacklevel=2)
     compiled = compile_audio_tower(loaded) if compile else None
     with torch.inference_mode(), autocast:
         for batch in loader:
