@@ -449,3 +449,31 @@ def test_search_tab_ranks_the_rows_of_a_table(tmp_path):
     missing = tmp_path / "missing.lance"
     with pytest.raises(ValueError, match="missing.lance is not a clapforge table"):
         app.build_demo(str(tmp_path / "model"), str(missing))
+
+
+def test_backend_onnx_serves_an_export_like_the_model(tmp_path):
+    """BACKEND=onnx (PRECISION=fp32/int8): the Space runs `clapforge export`'s graphs in ONNX Runtime and answers as
+    the PyTorch model does; wrong settings are refused at start, naming the fix."""
+    from clapforge.export.onnx_folder import export_model
+
+    model, processor = build_model_folder(tmp_path / "model", logit_scale=30.0)
+    export_model(tmp_path / "model", tmp_path / "onnx", quantize="int8", log=lambda _: None)
+    app = load_app_module()
+    clips = write_clips(tmp_path / "clips")
+    demo = app.ClapDemo(str(tmp_path / "onnx"), backend="onnx")
+    for path in clips.values():
+        scores, _ = demo.classify(str(path), ", ".join(LABELS), PROMPT)
+        expected = expected_probabilities(model, processor, path, LABELS)
+        np.testing.assert_allclose([scores[x] for x in LABELS], [expected[x] for x in LABELS], atol=1e-4)
+    table, _ = demo.rank_captions(str(clips["mono_16k.flac"]), "\n".join(CAPTIONS))
+    similarity = expected_similarities(model, processor, [clips["mono_16k.flac"]], CAPTIONS)[0]
+    assert [row[1] for row in table] == [CAPTIONS[i] for i in similarity.argsort(descending=True).tolist()]
+    int8 = app.ClapDemo(str(tmp_path / "onnx"), backend="onnx", precision="int8")
+    int8_scores, _ = int8.classify(str(clips["mono_16k.flac"]), ", ".join(LABELS), PROMPT)
+    assert max(int8_scores, key=int8_scores.get) in LABELS
+    with pytest.raises(ValueError, match="clapforge export"):
+        app.ClapDemo(str(tmp_path / "model"), backend="onnx")  # a model folder without onnx/
+    with pytest.raises(ValueError, match="needs BACKEND=onnx"):
+        app.ClapDemo(str(tmp_path / "model"), precision="int8")
+    with pytest.raises(ValueError, match="BACKEND must be torch or onnx"):
+        app.ClapDemo(str(tmp_path / "model"), backend="tensorflow")

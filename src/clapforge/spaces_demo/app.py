@@ -9,7 +9,10 @@ Environment: MODEL (default runs/demo/hub), MAX_SECONDS (longest clip accepted, 
 upload, default 20mb), CONCURRENCY (requests computed at once, default 2), QUEUE_SIZE (requests waiting, default 64),
 TABLE (optional: a LanceDB table written by `clapforge embed MODEL INPUT OUT.lance` or `--index DIR`, local or on
 object storage, made with this MODEL; the search tab then ranks its rows instead of the gallery, through the table's
-ANN index when it has one; needs `lancedb` installed, imported only then).
+ANN index when it has one; needs `lancedb` installed, imported only then), BACKEND (`torch`, the default, or
+`onnx`: MODEL is then a folder written by `clapforge export MODEL OUT --format onnx`, or a model folder holding its
+`onnx/` graphs, and ONNX Runtime runs the two towers; needs `onnxruntime`), PRECISION (with BACKEND=onnx: `fp32`, the
+default, or `int8` for an export made with `--quantize int8`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import numpy as np
 import torch
 from transformers import AutoModel, AutoProcessor
 
@@ -39,6 +43,13 @@ TABLE_NPROBES = 20
 TABLE_REFINE_FACTOR = 10
 # Any of these in a model folder means it carries a tokenizer (transformers writes tokenizer_config.json with any).
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.json", "vocab.txt", "spiece.model")
+# The graphs of an ONNX export (clapforge.inference.onnx_backend.GRAPH_FILES; copied: the Space runs without clapforge).
+ONNX_GRAPHS = {
+    ("audio", "fp32"): "onnx/audio_model.onnx",
+    ("text", "fp32"): "onnx/text_model.onnx",
+    ("audio", "int8"): "onnx/audio_model_quantized.onnx",
+    ("text", "int8"): "onnx/text_model_quantized.onnx",
+}
 
 
 def example_clips() -> list[str]:
@@ -119,12 +130,68 @@ class TableIndex:
                 for r in builder.to_arrow().to_pylist()]
 
 
+class OnnxTowers:
+    """The two towers of an ONNX export in ONNX Runtime sessions, answering as the PyTorch model does (torch tensors
+    in and out), for BACKEND=onnx."""
+
+    def __init__(self, model_path: str, precision: str) -> None:
+        import json
+
+        try:
+            import onnxruntime as ort
+        except ImportError as error:
+            raise ValueError("BACKEND=onnx needs onnxruntime: add `onnxruntime` to requirements.txt") from error
+        folder = Path(model_path)
+        manifest = folder / "onnx" / "manifest.json"
+        if not manifest.is_file():
+            raise ValueError(f"BACKEND=onnx: {model_path} has no onnx/manifest.json; write one with "
+                             f"`clapforge export {model_path} OUT --format onnx` and set MODEL=OUT")
+        self.manifest = json.loads(manifest.read_text())
+        if precision not in self.manifest["precisions"]:
+            raise ValueError(f"PRECISION={precision}: {model_path} was exported at {self.manifest['precisions']}")
+        self.logit_scale_a = torch.tensor(float(self.manifest["logit_scale_a"]))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        self.sessions = {
+            tower: ort.InferenceSession(str(folder / ONNX_GRAPHS[(tower, precision)]), options,
+                                        providers=["CPUExecutionProvider"])
+            for tower in ("audio", "text")
+        }
+
+    def get_audio_embeds(self, input_features: torch.Tensor, is_longer: torch.Tensor | None) -> torch.Tensor:
+        session = self.sessions["audio"]
+        feed = {"input_features": input_features.numpy().astype(np.float32)}
+        if any(i.name == "is_longer" for i in session.get_inputs()):
+            longer = torch.zeros(len(input_features), 1, dtype=torch.bool) if is_longer is None else is_longer
+            feed["is_longer"] = longer.reshape(-1, 1).numpy()
+        return torch.from_numpy(session.run(["audio_embeds"], feed)[0])  # (N, E)
+
+    def get_text_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        feed = {"input_ids": input_ids.numpy().astype(np.int64), "attention_mask": mask.numpy().astype(np.int64)}
+        return torch.from_numpy(self.sessions["text"].run(["text_embeds"], feed)[0])  # (T, E)
+
+
+def load_towers(model_path: str, backend: str, precision: str) -> Any:
+    """The model (BACKEND=torch) or the ONNX towers (BACKEND=onnx); a ValueError for any other setting."""
+    if backend == "torch":
+        if precision != "fp32":
+            raise ValueError(f"PRECISION={precision} needs BACKEND=onnx (the PyTorch model runs in fp32 here)")
+        return AutoModel.from_pretrained(model_path, trust_remote_code=True).eval()
+    if backend == "onnx":
+        if precision not in ("fp32", "int8"):
+            raise ValueError(f"PRECISION must be fp32 or int8 with BACKEND=onnx, got {precision!r}")
+        return OnnxTowers(model_path, precision)
+    raise ValueError(f"BACKEND must be torch or onnx, got {backend!r}")
+
+
 class ClapDemo:
     """The loaded model and processor (and TABLE, if given), and the three functions the tabs call."""
 
-    def __init__(self, model_path: str, table: str | None = None) -> None:
+    def __init__(self, model_path: str, table: str | None = None, backend: str = "torch",
+                 precision: str = "fp32") -> None:
         self.processor = load_processor(model_path)
-        self.model = AutoModel.from_pretrained(model_path, trust_remote_code=True).eval()
+        self.model = load_towers(model_path, backend, precision)
         self.sampling_rate = int(self.processor.feature_extractor.sampling_rate)
         # A fast tokenizer is not safe to call from two threads at once ("Already borrowed"); the model is.
         self._tokenizer_lock = threading.Lock()
@@ -239,9 +306,9 @@ class ClapDemo:
         return table, dict(zip(captions, probabilities, strict=True))
 
 
-def build_demo(model_path: str, table: str | None = None) -> gr.Blocks:
+def build_demo(model_path: str, table: str | None = None, backend: str = "torch", precision: str = "fp32") -> gr.Blocks:
     """The Blocks app with its queue configured; launch it with `demo.launch(**launch_kwargs(demo))`."""
-    app = ClapDemo(model_path, table)
+    app = ClapDemo(model_path, table, backend, precision)
     examples = example_clips()
     with gr.Blocks(title="CLAP demo") as demo:
         gr.Markdown(
@@ -319,7 +386,8 @@ def launch_kwargs(demo: gr.Blocks | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     try:
-        demo = build_demo(os.environ.get("MODEL", "runs/demo/hub"), os.environ.get("TABLE") or None)
+        demo = build_demo(os.environ.get("MODEL", "runs/demo/hub"), os.environ.get("TABLE") or None,
+                          os.environ.get("BACKEND", "torch"), os.environ.get("PRECISION", "fp32"))
     except ValueError as error:  # a folder or table the demo cannot serve: the message says why and what to do
         sys.exit(f"app.py: {error}")
     demo.launch(**launch_kwargs(demo))
