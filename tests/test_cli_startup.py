@@ -19,8 +19,9 @@ import pytest
 from clapforge import cli
 
 BIN = Path(sys.executable).parent
-HEAVY = ("torch", "transformers", "numpy", "datasets", "huggingface_hub", "accelerate", "gradio")
-COMMANDS = ["convert", "prepare", "synth", "train", "eval", "embed", "search", "index", "classify", "push", "demo"]
+HEAVY = ("torch", "transformers", "numpy", "datasets", "huggingface_hub", "accelerate", "gradio", "onnx", "onnxruntime")
+COMMANDS = ["convert", "prepare", "synth", "train", "eval", "embed", "search", "index", "classify", "export", "push",
+            "demo"]
 
 
 def run_console_script(*args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
