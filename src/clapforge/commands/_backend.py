@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 BACKEND_HELP = (
-    "torch (default) runs the model folder in PyTorch; onnx runs a folder written by `clapforge export` in ONNX "
-    "Runtime (CPU)"
+    "auto (default): ONNX Runtime on a CPU when MODEL holds an export (`clapforge export MODEL MODEL`), else PyTorch; "
+    "torch runs the model folder in PyTorch; onnx runs a folder written by `clapforge export` in ONNX Runtime (CPU)"
 )
 PRECISION_HELP = (
     "fp32 (default); bf16 autocasts PyTorch (~2x faster on CPUs with AVX-512 BF16 or AMX, and on GPUs); "
@@ -15,5 +15,5 @@ PRECISION_HELP = (
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch", help=BACKEND_HELP)
+    parser.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto", help=BACKEND_HELP)
     parser.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32", help=PRECISION_HELP)

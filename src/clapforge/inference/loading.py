@@ -19,16 +19,38 @@ def model_reference(model: str | os.PathLike) -> str:
     return str(path.resolve()) if path.is_dir() else str(model)
 
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx")
 # The precisions each backend runs: torch in float32 or under bfloat16 autocast, ONNX Runtime the fp32 graphs or the
 # int8 ones (`clapforge export --quantize int8`).
 BACKEND_PRECISIONS = {"torch": ("fp32", "bf16"), "onnx": ("fp32", "int8")}
+
+
+def resolve_backend(model: ModelLike, backend: str, precision: str, device: str | torch.device | None = None) -> str:
+    """The backend `"auto"` stands for, from the measurement in benchmarks/RESULTS.md ("ONNX backends"): on a CPU,
+    ONNX Runtime whenever the folder holds an export (its fp32 graphs ran the audio tower ~2x faster than PyTorch fp32
+    eager, with the same embeddings), else PyTorch; on a GPU, PyTorch. int8 exists only as ONNX graphs and bf16 only
+    in PyTorch, so they choose their backend. An explicit backend is returned as given."""
+    if backend != "auto":
+        return backend
+    if precision == "int8":
+        return "onnx"
+    if precision == "bf16" or isinstance(model, tuple):
+        return "torch"
+    from .onnx_backend import is_onnx_export
+
+    local = Path(model).expanduser()
+    on_cpu = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")).type == "cpu"
+    return "onnx" if local.is_dir() and is_onnx_export(local) and on_cpu else "torch"
 
 
 def check_backend(backend: str, precision: str = "fp32") -> None:
     """Refuse an unknown backend, or a precision the backend does not run, naming what it does run."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if not any(precision in runs for runs in BACKEND_PRECISIONS.values()):
+            raise ValueError(f"precision must be fp32, bf16 or int8, got {precision!r}")
+        return
     if precision not in BACKEND_PRECISIONS[backend]:
         raise ValueError(
             f"precision {precision!r} is not run by the {backend} backend: it runs {BACKEND_PRECISIONS[backend]}"
@@ -37,7 +59,7 @@ def check_backend(backend: str, precision: str = "fp32") -> None:
 
 
 def load_model(
-    model: ModelLike, device: str | torch.device | None = None, backend: str = "torch", precision: str = "fp32"
+    model: ModelLike, device: str | torch.device | None = None, backend: str = "auto", precision: str = "fp32"
 ) -> tuple[Any, Any]:
     """(model in eval mode, processor) for a folder or Hub id, cached per process (until the folder's weights change);
     a `(model, processor)` pair is returned as is.
@@ -45,12 +67,13 @@ def load_model(
     The processor is a `LaionClapProcessor`, or the bare `LaionClapFeatureExtractor` for a folder saved without a
     tokenizer (enough to embed audio; `tokenizer_of` refuses it for text). `backend="onnx"` loads a folder written by
     `clapforge export` as an `OnnxClapModel` (ONNX Runtime on the CPU) at `precision` "fp32" or "int8"; for torch,
-    `precision` is applied when the model runs (bf16 autocast), not here.
+    `precision` is applied when the model runs (bf16 autocast), not here. `"auto"`: see `resolve_backend`.
     """
     if isinstance(model, tuple):
         if len(model) != 2:
             raise ValueError("model must be a folder, a Hub id or a (model, processor) pair")
         return model
+    backend = resolve_backend(model, backend, precision, device)
     check_backend(backend, precision)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() and backend == "torch" else "cpu"))
     if backend == "onnx" and device.type != "cpu":

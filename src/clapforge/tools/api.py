@@ -2,7 +2,8 @@
 
 `model` is a clapforge model folder or Hub id (loaded once per process and cached by `inference.loading`) or an
 already loaded `(model, processor)` pair. `backend="onnx"` runs a folder written by `clapforge export` in ONNX Runtime
-(`precision` "fp32", or "int8" for an export made with `--quantize int8`); the default runs PyTorch.
+(`precision` "fp32", or "int8" for an export made with `--quantize int8`), `"torch"` runs PyTorch, and the default
+`"auto"` takes ONNX Runtime on a CPU when the folder holds an export (`inference.loading.resolve_backend`).
 Shapes: N clips, T texts, K labels, E joint embedding.
 """
 
@@ -38,7 +39,7 @@ def embed_audio(
     model: ModelLike,
     sampling_rate: int | None = None,
     batch_size: int = 16,
-    backend: str = "torch",
+    backend: str = "auto",
     precision: str = "fp32",
 ) -> torch.Tensor:
     """(N, E) float32 L2-normalised audio embeddings on the CPU, in input order.
@@ -67,7 +68,7 @@ def embed_audio(
 
 
 def embed_text(
-    texts: str | Sequence[str], model: ModelLike, batch_size: int = 64, backend: str = "torch", precision: str = "fp32"
+    texts: str | Sequence[str], model: ModelLike, batch_size: int = 64, backend: str = "auto", precision: str = "fp32"
 ) -> torch.Tensor:
     """(T, E) float32 L2-normalised text embeddings on the CPU, in input order."""
     model, processor = load_model(model, backend=backend, precision=precision)
@@ -82,7 +83,7 @@ def classify(
     prompt: str = DEFAULT_PROMPT,
     sampling_rate: int | None = None,
     batch_size: int = 16,
-    backend: str = "torch",
+    backend: str = "auto",
     precision: str = "fp32",
 ) -> torch.Tensor:
     """(N, K) zero-shot probabilities: softmax over labels of `logit_scale_a.exp() * cosine(audio, prompt(label))`."""
@@ -105,7 +106,7 @@ def search(
     sampling_rate: int | None = None,
     where: str | None = None,
     exact: bool = False,
-    backend: str = "torch",
+    backend: str = "auto",
     precision: str = "fp32",
 ) -> list[dict[str, Any]]:
     """Nearest files of an embeddings file or a LanceDB table (OUT.lance) by cosine similarity to a text or audio query.

@@ -77,7 +77,7 @@ def embed_files(
     precision: str = "fp32",
     compile: bool = False,
     table: bool = False,
-    backend: str = "torch",
+    backend: str = "auto",
 ) -> EmbedReport:
     """Embed every input of `source` into `out` (.parquet or .safetensors); see the module docstring for the layout.
     An `out` ending in .lance, or any `out` with `table=True` (`--index DIR`), is a LanceDB table, brought up to date
@@ -93,10 +93,13 @@ def embed_files(
     from accelerate.utils import parse_flag_from_env
     from tqdm.auto import tqdm
 
-    from ..inference.loading import check_backend, feature_extractor_of, load_model, model_reference
+    from ..inference.loading import check_backend, feature_extractor_of, load_model, model_reference, resolve_backend
 
     if batch_size < 1 or part_size < 1:
         raise ValueError("batch_size and part_size must be at least 1")
+    if compile and backend == "auto":
+        backend = "torch"  # compiling is PyTorch's
+    backend = resolve_backend(model, backend, precision)
     check_backend(backend, precision)
     if compile and backend != "torch":
         raise ValueError("--compile compiles the PyTorch model; the onnx backend runs ONNX Runtime's own optimiser")

@@ -52,7 +52,7 @@ def embed_to_table(
     progress: bool,
     precision: str,
     compile: bool,
-    backend: str = "torch",
+    backend: str = "auto",
 ) -> Any:
     """Bring the table `out` up to date with `source` (see the module docstring); returns an `EmbedReport`."""
     from accelerate import PartialState
