@@ -10,7 +10,7 @@ nothing else, so its peak RSS is that of a query process), build time of the tab
     .venv/bin/python benchmarks/bench_index.py [--vectors 1000000] [--queries 1000] [--dir /tmp/bench_index]
 
 At 10^5 vectors on 2 cores: 33 s and 1.6 GB peak RSS of the main process (torch, the vectors, the table's writer);
-at 10^6 expect ~5 minutes and ~6 GB (the 2 GB matrix, its table chunks, the index build; not run yet). Check it at
+at 10^6 ~7 minutes and ~6 GB (the 2 GB matrix, its table chunks, the index build). Check it at
 `--vectors 20000`. Prints a markdown table with the load average; RESULTS.md quotes it ("## Search index").
 """
 
