@@ -297,7 +297,8 @@ def search_table(
 
     `uri` names the table output, or is what `open_tables` returned (a long-lived process keeps it open: opening
     costs a read of the manifest; such a process also holds the rows' columns but the embeddings in memory, read at
-    its first query of each table version, see HELD_MAX_ROWS). ANN when the table has an index and `exact` is False, else an exact scan.
+    its first query of each table version, see HELD_MAX_ROWS). ANN when the table has an index and `exact` is False,
+    else an exact scan.
     `where` is a LanceDB SQL filter on the columns (`key`, `path`, `duration`, ...), applied before the top k are
     chosen. With `windows`, files are ranked by their best window (each result says where it is).
     Returns [{"rank", "score", "key", "path", "duration"(, "start", "end")}].
@@ -346,10 +347,7 @@ def _nearest(table: Any, query: np.ndarray, limit: int, columns: list[str], wher
         builder = table.search(query, vector_column_name="embedding").distance_type("cosine").limit(limit)
         if where:
             builder = builder.where(where, prefilter=True)  # filter first, then take the top k
-        if exact:
-            builder = builder.bypass_vector_index()
-        else:
-            builder = builder.nprobes(nprobes).refine_factor(refine_factor)
+        builder = builder.bypass_vector_index() if exact else builder.nprobes(nprobes).refine_factor(refine_factor)
         return builder.select(columns).to_arrow()
     from lancedb.background_loop import LOOP
 
