@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 BACKEND_HELP = (
-    "auto (default): ONNX Runtime on a CPU when MODEL holds an export (`clapforge export MODEL MODEL`), else PyTorch; "
-    "torch runs the model folder in PyTorch; onnx runs a folder written by `clapforge export` in ONNX Runtime (CPU)"
+    "auto (default): ONNX Runtime for --precision int8, PyTorch otherwise; torch runs the model folder in PyTorch; "
+    "onnx runs a folder written by `clapforge export` in ONNX Runtime (CPU)"
 )
 PRECISION_HELP = (
     "fp32 (default); bf16 autocasts PyTorch (~2x faster on CPUs with AVX-512 BF16 or AMX, and on GPUs); "

@@ -26,21 +26,16 @@ BACKEND_PRECISIONS = {"torch": ("fp32", "bf16"), "onnx": ("fp32", "int8")}
 
 
 def resolve_backend(model: ModelLike, backend: str, precision: str, device: str | torch.device | None = None) -> str:
-    """The backend `"auto"` stands for, from the measurement in benchmarks/RESULTS.md ("ONNX backends"): on a CPU,
-    ONNX Runtime whenever the folder holds an export (its fp32 graphs ran the audio tower ~2x faster than PyTorch fp32
-    eager, with the same embeddings), else PyTorch; on a GPU, PyTorch. int8 exists only as ONNX graphs and bf16 only
-    in PyTorch, so they choose their backend. An explicit backend is returned as given."""
+    """The backend `"auto"` stands for: the one that runs the precision, and PyTorch for fp32.
+
+    From the measurement (benchmarks/RESULTS.md "ONNX backends", 2 AVX2 cores without bf16 kernels): ONNX Runtime's
+    fp32 graphs ran the htsat-tiny tower 1.1x faster than PyTorch fp32 eager but `clapforge embed` end to end no
+    faster, so fp32 stays in PyTorch (which also runs on GPUs); int8 exists only as ONNX graphs (ONNX Runtime, CPU)
+    and bf16 only in PyTorch. An explicit backend is returned as given. `model` and `device` are accepted so that a
+    future rule may look at them (e.g. a CPU with VNNI or AMX)."""
     if backend != "auto":
         return backend
-    if precision == "int8":
-        return "onnx"
-    if precision == "bf16" or isinstance(model, tuple):
-        return "torch"
-    from .onnx_backend import is_onnx_export
-
-    local = Path(model).expanduser()
-    on_cpu = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")).type == "cpu"
-    return "onnx" if local.is_dir() and is_onnx_export(local) and on_cpu else "torch"
+    return "onnx" if precision == "int8" else "torch"
 
 
 def check_backend(backend: str, precision: str = "fp32") -> None:

@@ -153,8 +153,9 @@ class OnnxTowers:
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         self.sessions = {
-            tower: ort.InferenceSession(str(folder / ONNX_GRAPHS[(tower, precision)]), options,
-                                        providers=["CPUExecutionProvider"])
+            # int8 runs the int8 audio graph and the fp32 text one (clapforge.inference.onnx_backend.graph_precision)
+            tower: ort.InferenceSession(str(folder / ONNX_GRAPHS[(tower, precision if tower == "audio" else "fp32")]),
+                                        options, providers=["CPUExecutionProvider"])
             for tower in ("audio", "text")
         }
 

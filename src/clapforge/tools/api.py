@@ -3,7 +3,7 @@
 `model` is a clapforge model folder or Hub id (loaded once per process and cached by `inference.loading`) or an
 already loaded `(model, processor)` pair. `backend="onnx"` runs a folder written by `clapforge export` in ONNX Runtime
 (`precision` "fp32", or "int8" for an export made with `--quantize int8`), `"torch"` runs PyTorch, and the default
-`"auto"` takes ONNX Runtime on a CPU when the folder holds an export (`inference.loading.resolve_backend`).
+`"auto"` takes ONNX Runtime for int8 and PyTorch otherwise (`inference.loading.resolve_backend`).
 Shapes: N clips, T texts, K labels, E joint embedding.
 """
 
