@@ -311,7 +311,8 @@ def demo_accuracy(tmp: Path) -> list[str]:
     # Precision int8 keeps the fp32 text graph (`graph_precision`); the int8 text graph on its own, for the record:
     tokens = runs["PyTorch fp32"][1](text=captions)
     feed = {"input_ids": tokens["input_ids"].numpy(), "attention_mask": tokens["attention_mask"].numpy()}
-    int8_text = open_session(tmp / "demo-dynamic" / ONNX_DIR / "text_model_quantized.onnx").run(["text_embeds"], feed)[0]
+    int8_graph = open_session(tmp / "demo-dynamic" / ONNX_DIR / "text_model_quantized.onnx")
+    int8_text = int8_graph.run(["text_embeds"], feed)[0]
     text_note = (f"The int8 text graph alone (`text_model_quantized.onnx`, dynamic), unused by precision int8: "
                  f"min caption cosine to fp32 {cosines(base[2], int8_text).min():.4f}, mean "
                  f"{cosines(base[2], int8_text).mean():.4f}.")
