@@ -309,14 +309,15 @@ def test_auto_backend_runs_int8_in_onnx_runtime_and_the_rest_in_pytorch(tmp_path
 
     folder = _save(clapforge.create_model("test-tiny"), tmp_path / "model")
     assert cli_main(["export", str(folder), str(folder), "--quantize", "int8"]) == 0
-    assert resolve_backend(folder, "auto", "fp32") == "torch"  # measured: ONNX Runtime fp32 no faster end to end
+    assert resolve_backend("auto", "fp32") == "torch"  # measured: ONNX Runtime fp32 no faster end to end
     assert isinstance(load_model(folder)[0], LaionClapModel)
-    assert resolve_backend(folder, "auto", "int8") == "onnx" and resolve_backend(folder, "auto", "bf16") == "torch"
+    assert resolve_backend("auto", "int8") == "onnx" and resolve_backend("auto", "bf16") == "torch"
     assert isinstance(load_model(folder, precision="int8")[0], OnnxClapModel)
-    assert resolve_backend(folder, "onnx", "fp32") == "onnx"  # an explicit choice stands
+    assert resolve_backend("onnx", "fp32") == "onnx"  # an explicit choice stands
     audio = tmp_path / "audio"
     write_wav(audio / "a.wav", seed=1, seconds=0.5)
-    # --compile is PyTorch's, whatever the folder holds.
-    assert embed_files(folder, audio, tmp_path / "c.parquet", compile=False, progress=False).embedded == 1
+    # --compile is PyTorch's: int8 (so ONNX Runtime) with it is refused, naming the option.
+    with pytest.raises(ValueError, match="--compile"):
+        embed_files(folder, audio, tmp_path / "c.parquet", precision="int8", compile=True, progress=False)
     int8 = embed_files(folder, audio, tmp_path / "q.parquet", precision="int8", progress=False)
     assert int8.embedded == 1 and read_index(tmp_path / "q.parquet").metadata["precision"] == "int8"

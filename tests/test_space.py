@@ -459,6 +459,9 @@ def test_backend_onnx_serves_an_export_like_the_model(tmp_path):
     model, processor = build_model_folder(tmp_path / "model", logit_scale=30.0)
     export_model(tmp_path / "model", tmp_path / "onnx", quantize="int8", log=lambda _: None)
     app = load_app_module()
+    from clapforge.inference.onnx_backend import GRAPH_FILES, ONNX_DIR
+
+    assert {key: f"{ONNX_DIR}/{name}" for key, name in GRAPH_FILES.items()} == app.ONNX_GRAPHS  # the Space's copy
     clips = write_clips(tmp_path / "clips")
     demo = app.ClapDemo(str(tmp_path / "onnx"), backend="onnx")
     for path in clips.values():

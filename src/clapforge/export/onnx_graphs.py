@@ -28,26 +28,16 @@ FP32_MIN_COSINE = 0.9999
 SAMPLE_CAPTIONS = ["a dog barks twice", "rain falls on a tin roof while thunder rolls far away"]
 
 
-class AudioGraph(torch.nn.Module):
-    """input_features (B, C, T, F), is_longer (B, 1) -> audio_embeds (B, E)."""
+class TowerGraph(torch.nn.Module):
+    """One tower of a CLAP model as the module the exporter traces: `get_audio_embeds` (input_features (B, C, T, F),
+    is_longer (B, 1) -> audio_embeds (B, E)) or `get_text_embeds` (input_ids, attention_mask (B, L) -> text_embeds)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, tower: str) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.method = model, f"get_{tower}_embeds"
 
-    def forward(self, input_features: torch.Tensor, is_longer: torch.Tensor) -> torch.Tensor:
-        return self.model.get_audio_embeds(input_features, is_longer)
-
-
-class TextGraph(torch.nn.Module):
-    """input_ids, attention_mask (B, L) -> text_embeds (B, E)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.get_text_embeds(input_ids, attention_mask)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return getattr(self.model, self.method)(*inputs)
 
 
 def check_opset(opset: int) -> int:
@@ -84,18 +74,18 @@ def export_tower(model: torch.nn.Module, tower: str, sample: dict[str, torch.Ten
     """Write one tower (`"audio"` or `"text"`) as an ONNX graph at `path`, atomically; batch (and text length) are
     dynamic."""
     if tower == "audio":
-        graph, output = AudioGraph(model), "audio_embeds"
+        output = "audio_embeds"
         axes = {"input_features": {0: "batch"}, "is_longer": {0: "batch"}, output: {0: "batch"}}
     else:
-        graph, output = TextGraph(model), "text_embeds"
+        output = "text_embeds"
         axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
                 output: {0: "batch"}}
     with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
         # Tracing warns about every Python `if` on a shape; the graph is checked against PyTorch right after.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            graph.eval(), tuple(sample.values()), str(tmp), input_names=list(sample), output_names=[output],
-            dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True,
+            TowerGraph(model, tower).eval(), tuple(sample.values()), str(tmp), input_names=list(sample),
+            output_names=[output], dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True,
         )
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from .onnx_backend import ONNX_PRECISIONS, OnnxClapModel
+
 ModelLike = str | os.PathLike | tuple[Any, Any]
 
 _LOADED: dict[tuple[str, str, tuple], tuple[Any, Any]] = {}
@@ -22,17 +24,16 @@ def model_reference(model: str | os.PathLike) -> str:
 BACKENDS = ("auto", "torch", "onnx")
 # The precisions each backend runs: torch in float32 or under bfloat16 autocast, ONNX Runtime the fp32 graphs or the
 # int8 ones (`clapforge export --quantize int8`).
-BACKEND_PRECISIONS = {"torch": ("fp32", "bf16"), "onnx": ("fp32", "int8")}
+BACKEND_PRECISIONS = {"torch": ("fp32", "bf16"), "onnx": ONNX_PRECISIONS}
 
 
-def resolve_backend(model: ModelLike, backend: str, precision: str, device: str | torch.device | None = None) -> str:
+def resolve_backend(backend: str, precision: str) -> str:
     """The backend `"auto"` stands for: the one that runs the precision, and PyTorch for fp32.
 
     From the measurement (benchmarks/RESULTS.md "ONNX backends", 2 AVX2 cores without bf16 kernels): ONNX Runtime's
     fp32 graphs ran the htsat-tiny tower 1.1x faster than PyTorch fp32 eager but `clapforge embed` end to end no
     faster, so fp32 stays in PyTorch (which also runs on GPUs); int8 exists only as ONNX graphs (ONNX Runtime, CPU)
-    and bf16 only in PyTorch. An explicit backend is returned as given. `model` and `device` are accepted so that a
-    future rule may look at them (e.g. a CPU with VNNI or AMX)."""
+    and bf16 only in PyTorch. An explicit backend is returned as given."""
     if backend != "auto":
         return backend
     return "onnx" if precision == "int8" else "torch"
@@ -68,7 +69,7 @@ def load_model(
         if len(model) != 2:
             raise ValueError("model must be a folder, a Hub id or a (model, processor) pair")
         return model
-    backend = resolve_backend(model, backend, precision, device)
+    backend = resolve_backend(backend, precision)
     check_backend(backend, precision)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() and backend == "torch" else "cpu"))
     if backend == "onnx" and device.type != "cpu":
@@ -80,8 +81,6 @@ def load_model(
         from ..processing.processing_laion_clap import LaionClapProcessor
 
         if backend == "onnx":
-            from .onnx_backend import OnnxClapModel
-
             loaded = OnnxClapModel(name, precision)
         else:
             from ..modeling_clap.modeling_laion_clap import LaionClapModel

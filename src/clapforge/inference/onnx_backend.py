@@ -45,11 +45,6 @@ def graph_precision(tower: str, precision: str) -> str:
     return "fp32" if tower == "text" else precision
 
 
-def is_onnx_export(folder: str | os.PathLike) -> bool:
-    """Whether `folder` holds an ONNX export (its onnx/manifest.json)."""
-    return (Path(folder) / ONNX_DIR / MANIFEST).is_file()
-
-
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     path = Path(folder) / ONNX_DIR / MANIFEST
     if not path.is_file():

@@ -97,9 +97,7 @@ def embed_files(
 
     if batch_size < 1 or part_size < 1:
         raise ValueError("batch_size and part_size must be at least 1")
-    if compile and backend == "auto":
-        backend = "torch"  # compiling is PyTorch's
-    backend = resolve_backend(model, backend, precision)
+    backend = resolve_backend(backend, precision)
     check_backend(backend, precision)
     if compile and backend != "torch":
         raise ValueError("--compile compiles the PyTorch model; the onnx backend runs ONNX Runtime's own optimiser")
