@@ -11,9 +11,9 @@ spawned DataLoader workers) would inherit a variable and skip a registration the
 module, so they import clapforge as usual.
 
 A process that needs no model may set `RUNNING` itself before importing clapforge, for the same saving: one that
-searches a LanceDB table with query vectors it already has (`clapforge.tools.table.search_table`), such as the query
-process of benchmarks/bench_index.py, then imports numpy, pyarrow and lancedb (~100 MB resident) instead of torch and
-transformers (~750 MB). It must not use the Auto classes, or must call
+searches a LanceDB table with query vectors it already has (`clapforge.tools.table_search.search_table`), such as
+the query process of benchmarks/bench_index.py, then imports numpy, pyarrow and lancedb (~100 MB resident) instead of
+torch and transformers (~750 MB). It must not use the Auto classes, or must call
 `clapforge.auto_classes.register_auto_classes()` first.
 """
 

@@ -419,7 +419,7 @@ def test_search_tab_ranks_the_rows_of_a_table(tmp_path):
     `clapforge.search` on that table, plays the top files, and the Space's search defaults match clapforge's."""
     from gradio_client import Client
 
-    from clapforge.tools import table as clap_table
+    from clapforge.tools import table_search as clap_search
     from clapforge.tools.embed import embed_files
 
     build_model_folder(tmp_path / "model")
@@ -427,7 +427,7 @@ def test_search_tab_ranks_the_rows_of_a_table(tmp_path):
     out = tmp_path / "clips.lance"
     embed_files(tmp_path / "model", tmp_path / "library", out, batch_size=2, progress=False)
     app = load_app_module()
-    assert (app.TABLE_NPROBES, app.TABLE_REFINE_FACTOR) == (clap_table.NPROBES, clap_table.REFINE_FACTOR)
+    assert (app.TABLE_NPROBES, app.TABLE_REFINE_FACTOR) == (clap_search.NPROBES, clap_search.REFINE_FACTOR)
     demo = app.build_demo(str(tmp_path / "model"), str(out))
     assert app.launch_kwargs(demo)["allowed_paths"][-1] == str(tmp_path / "library")
     url = launch(app, demo)

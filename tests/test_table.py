@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from torchcodec.encoders import AudioEncoder
 
 import clapforge
 from clapforge.cli import main as cli_main
-from clapforge.tools import api, embed, table
+from clapforge.tools import api, embed, table, table_search
 from clapforge.tools.embed import TEST_SLEEP_ENV, embed_files
 from conftest import make_tokenizer, randomize_
 
@@ -226,9 +227,9 @@ def test_ann_search_agrees_with_exact_search(tmp_path):
     recalls = []
     for q in queries:
         truth = [f"k{i:05d}" for i in np.argsort(-(vectors @ q), kind="stable")[:10]]
-        exact = [r["key"] for r in table.search_table(out, q, top_k=10, exact=True)]
+        exact = [r["key"] for r in table_search.search_table(out, q, top_k=10, exact=True)]
         assert exact == truth
-        ann = table.search_table(out, q, top_k=10)
+        ann = table_search.search_table(out, q, top_k=10)
         recalls.append(len(set(r["key"] for r in ann) & set(truth)) / 10)
         assert [r["score"] for r in ann] == sorted((r["score"] for r in ann), reverse=True)
     assert np.mean(recalls) >= 0.95, recalls
@@ -237,13 +238,70 @@ def test_ann_search_agrees_with_exact_search(tmp_path):
     keep = np.array([i % 30 > 20 for i in range(len(vectors))])
     truth = [f"k{i:05d}" for i in np.argsort(-np.where(keep, vectors @ queries[0], -2), kind="stable")[:10]]
     for exact in (True, False):
-        found = table.search_table(out, queries[0], top_k=10, where="duration > 20", exact=exact)
+        found = table_search.search_table(out, queries[0], top_k=10, where="duration > 20", exact=exact)
         assert len(found) == 10 and all(r["duration"] > 20 for r in found)
         if exact:
             assert [r["key"] for r in found] == truth
 
     assert table.build_index(out, exact=True)[0]["action"] == "dropped"
     assert not table.has_vector_index(table.open_tables(out)[table.FILES])
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="pinning to one core needs Linux and at least two cores")
+def test_a_query_runs_lance_on_one_core_and_gives_its_cores_back(tmp_path, monkeypatch):
+    """During a query lance's threads and lancedb's event-loop thread sit on one core (fewer wake-ups across virtual
+    cores); before and after, each has the cores it had (so index builds and writes keep all of them)."""
+    from lancedb.background_loop import LOOP
+
+    out = tmp_path / "vectors.lance"
+    vectors, _ = _clustered(200, 16, 4, seed=0)
+    _write_vectors(out, vectors)
+    tables = table.open_tables(out)
+    table_search.search_table(tables, vectors[0], top_k=3)  # lance starts its threads
+    loop_thread = LOOP.thread.native_id
+    lance = table_search._lance_threads(loop_thread)
+    assert loop_thread in lance and len(lance) > 1
+    names = {Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in lance if t != loop_thread}
+    assert names <= set(table_search.LANCE_THREAD_NAMES), names
+    assert threading.get_native_id() not in lance  # the caller keeps its cores
+    before = {t: os.sched_getaffinity(t) for t in lance}
+    one_core = {min(os.sched_getaffinity(0))}
+
+    seen = []
+    real_run = LOOP.run
+
+    def run_and_look(coroutine):
+        seen.append({t: os.sched_getaffinity(t) for t in lance})
+        return real_run(coroutine)
+
+    monkeypatch.setattr(LOOP, "run", run_and_look)
+    found = table_search.search_table(tables, vectors[5], top_k=3)
+    assert found[0]["key"] == "k00005"
+    assert seen and all(cores == one_core for cores in seen[0].values()), seen
+    assert {t: os.sched_getaffinity(t) for t in lance} == before
+
+
+def test_a_long_lived_search_finds_rows_appended_after_the_index(tmp_path):
+    """A process that keeps `open_tables` skips lance's check for unindexed rows only while the index covers every
+    row: files embedded after `index build` are found by the next query all the same."""
+    out = tmp_path / "vectors.lance"
+    vectors, _ = _clustered(2000, 64, 20, seed=0)
+    _write_vectors(out, vectors)
+    table.build_index(out)
+    tables = table.open_tables(out)
+    files = tables[table.FILES]
+    assert table_search.search_table(tables, vectors[7], top_k=1)[0]["key"] == "k00007"
+    assert table_search._STATES[files].fully_indexed
+
+    new = np.random.default_rng(5).standard_normal(64).astype(np.float32)
+    new /= np.linalg.norm(new)
+    settings = table.table_settings(files)
+    table.commit_part(tables, [{"key": "late.wav", "path": "/clips/late.wav", "duration": 3.0, "content_hash": "x",
+                                "embedding": new}], settings)
+    found = table_search.search_table(tables, new, top_k=1)
+    assert found[0]["key"] == "late.wav" and found[0]["score"] > 0.999
+    assert not table_search._STATES[files].fully_indexed
 
 
 def test_small_tables_stay_exact(tmp_path):
@@ -259,7 +317,8 @@ import json, sys
 import numpy as np
 import clapforge_cli
 clapforge_cli.RUNNING = True  # a process without a model (see clapforge_cli's docstring)
-from clapforge.tools.table import open_tables, search_table
+from clapforge.tools.table import open_tables
+from clapforge.tools.table_search import search_table
 tables = open_tables(sys.argv[1])
 query = np.load(sys.argv[2])
 found = {exact: [r["key"] for r in search_table(tables, query, top_k=5, exact=exact)] for exact in (True, False)}

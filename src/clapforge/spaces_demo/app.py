@@ -38,8 +38,8 @@ EXAMPLES_DIR = Path(__file__).parent / "examples"
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".aiff", ".aif"}
 TOP_K = 5  # audio players shown for a search; the table ranks every clip
 TABLE_ROWS = 100  # rows of a TABLE shown for a search
-# Copies of clapforge.tools.table's NPROBES and REFINE_FACTOR (the Space runs without clapforge; a test checks).
-TABLE_NPROBES = 20
+# Copies of clapforge.tools.table_search's NPROBES and REFINE_FACTOR (the Space runs without clapforge; a test checks).
+TABLE_NPROBES = 10
 TABLE_REFINE_FACTOR = 3
 # Any of these in a model folder means it carries a tokenizer (transformers writes tokenizer_config.json with any).
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.json", "vocab.txt", "spiece.model")

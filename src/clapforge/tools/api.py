@@ -20,7 +20,8 @@ from ..inference.embedding import embed_audio_batches, embed_texts
 from ..inference.loading import ModelLike, feature_extractor_of, load_model, tokenizer_of
 from ..inference.prompts import DEFAULT_PROMPT, format_prompt
 from .index import EmbeddingIndex, read_index
-from .table import FILES, is_table, open_tables, search_table, table_settings
+from .table import FILES, is_table, open_tables, table_settings
+from .table_search import search_table
 from .windows import best_window_per_file
 
 AudioLike = str | os.PathLike | np.ndarray | torch.Tensor

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,20 +58,9 @@ MIN_ANN_ROWS = 1000
 # at 20k but 22 s to build 20k rows and minutes for 100k on these cores: too slow for 10^6), IVF-SQ (recall no
 # better than RQ at equal probes; 512 bytes per vector). An exact scan through lancedb (no index) took 60-70 ms at
 # 20k rows and 340-450 ms at 100k.
-# Where a query's time goes (10^6 rows, 244 partitions, 10 fragments; p50 of 300 queries, 2 cores, 1-min load 2-5):
-# planning, the IVF and 20 probes ~4.5 ms (1 probe: ~3 ms); re-ranking 30 candidates ~3 ms (most of it fixed: 100
-# cost ~5 ms); taking key, path and duration of the 10 results ~3 ms; the sync query builder ~2.5 ms more, gone
-# (see `_nearest`). Refine 3 instead of 10: recall@10 0.998 (2: 0.983) at 10^6 rows and at 100k (200 clusters).
-# 8-bit RQ without re-ranking: 0.946 at 100k, 5x the build time. Compacting the 10 fragments into one: no faster.
+# How the index is searched (probes, re-ranking) and what a query costs: tools/table_search.py.
 PARTITION_ROWS = 4096
 RQ_BITS = 4
-NPROBES = 20
-REFINE_FACTOR = 3
-# A long-lived search process (one that keeps what `open_tables` returned) holds the result columns of tables of up to
-# HELD_MAX_ROWS rows in memory, so that lance returns row ids and distances only: taking key, path and duration of
-# the 10 results from the data files is ~3 ms of a query at 10^6 rows, holding them ~100 MB and ~0.5 s at the
-# first query (10^6 rows).
-HELD_MAX_ROWS = 2_000_000
 # Settings that must agree between a table and a run writing into it (all of them but the model, which gets its own
 # message).
 CHECKED_SETTINGS = ("embedding_dim", "sampling_rate", "truncation", "window", "window_s", "precision")
@@ -278,122 +266,6 @@ def build_index(uri: str | os.PathLike, exact: bool = False) -> list[dict[str, A
         report["seconds"] = time.perf_counter() - start
         reports.append(report)
     return reports
-
-
-# ---------------------------------------------------------------------------------------------------- search
-
-
-def search_table(
-    uri: str | os.PathLike | dict[str, Any],
-    query: np.ndarray,
-    top_k: int = 10,
-    where: str | None = None,
-    exact: bool = False,
-    windows: bool = False,
-    nprobes: int | None = None,
-    refine_factor: int | None = None,
-) -> list[dict[str, Any]]:
-    """Nearest rows of a table to the (E,) query by cosine similarity, best first.
-
-    `uri` names the table output, or is what `open_tables` returned (a long-lived process keeps it open: opening
-    costs a read of the manifest; such a process also holds the rows' columns but the embeddings in memory, read at
-    its first query of each table version, see HELD_MAX_ROWS). ANN when the table has an index and `exact` is False,
-    else an exact scan.
-    `where` is a LanceDB SQL filter on the columns (`key`, `path`, `duration`, ...), applied before the top k are
-    chosen. With `windows`, files are ranked by their best window (each result says where it is).
-    Returns [{"rank", "score", "key", "path", "duration"(, "start", "end")}].
-    """
-    tables = uri if isinstance(uri, dict) else open_tables(uri)
-    name = WINDOWS if windows else FILES
-    if name not in tables:
-        raise ValueError(f"{'the table' if isinstance(uri, dict) else uri} has no windows: "
-                         "make it with `clapforge embed --window`")
-    table = tables[name]
-    # Several windows of one file can fill the top k: fetch more and keep each file's best.
-    limit = top_k * 20 if windows else top_k
-    columns = ["key", "path", "duration", "_distance"] + (["window_start", "window_end"] if windows else [])
-    found = _nearest(table, np.asarray(query, dtype=np.float32), limit, columns, where, exact,
-                     nprobes or NPROBES, refine_factor or REFINE_FACTOR, hold=isinstance(uri, dict)).to_pylist()
-    results, seen = [], set()
-    for row in found:
-        if row["key"] in seen:
-            continue
-        seen.add(row["key"])
-        result = {"rank": len(results) + 1, "score": 1.0 - float(row["_distance"]), "key": row["key"],
-                  "path": row["path"], "duration": row["duration"]}
-        if windows:
-            result.update(start=row["window_start"], end=row["window_end"])
-        results.append(result)
-        if len(results) == top_k:
-            break
-    return results
-
-
-def _nearest(table: Any, query: np.ndarray, limit: int, columns: list[str], where: str | None, exact: bool,
-             nprobes: int, refine_factor: int, hold: bool = False) -> Any:
-    """The `limit` rows nearest to `query` by cosine distance, best first, as an arrow table of `columns`.
-
-    Through the AsyncTable that lancedb's LanceTable wraps, in one call on lancedb's event-loop thread: the sync
-    query builder makes seven calls there per query (three schema reads for blob columns, the stream's batches),
-    ~2.5 ms of a query (see the comment at PARTITION_ROWS). lancedb is pinned (==0.40.0); any other table object
-    goes through the sync builder. A table without a vector index is scanned exactly whatever the probes and refine
-    factor say, so there is no need to list its indices (another call) on every query. With `hold`, the columns come
-    from `_held_columns` and lance returns only row ids and distances.
-    """
-    from lancedb.table import AsyncTable
-
-    inner = getattr(table, "_table", None)
-    if not isinstance(inner, AsyncTable):
-        builder = table.search(query, vector_column_name="embedding").distance_type("cosine").limit(limit)
-        if where:
-            builder = builder.where(where, prefilter=True)  # filter first, then take the top k
-        builder = builder.bypass_vector_index() if exact else builder.nprobes(nprobes).refine_factor(refine_factor)
-        return builder.select(columns).to_arrow()
-    from lancedb.background_loop import LOOP
-
-    def builder(select: list[str]) -> Any:
-        query_builder = inner.vector_search(query).column("embedding").distance_type("cosine").limit(limit)
-        if where:
-            query_builder = query_builder.where(where)  # a prefilter, the async builder's default
-        if exact:
-            query_builder = query_builder.bypass_vector_index()
-        else:
-            query_builder = query_builder.nprobes(nprobes).refine_factor(refine_factor)
-        return query_builder.select(select)
-
-    async def run() -> Any:
-        held = await _held_columns(table, inner, [c for c in columns if c != "_distance"]) if hold else None
-        if held is None:
-            return await builder(columns).to_arrow()
-        row_ids, rows = held
-        hits = await builder(["_distance"]).with_row_id().to_arrow()
-        found = rows.take(np.searchsorted(row_ids, hits.column("_rowid").to_numpy()))
-        return found.append_column("_distance", hits.column("_distance"))
-
-    return LOOP.run(run())
-
-
-# Per table: (version, columns, (sorted row ids, those rows' columns) or None if the table is too large to hold).
-_HELD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-async def _held_columns(table: Any, inner: Any, columns: list[str]) -> tuple[np.ndarray, Any] | None:
-    """`columns` (never the embeddings) of every row of `table` with their row ids, read once per table version
-    when the table has at most HELD_MAX_ROWS rows, else None. A row id (fragment, offset) names the same row for as
-    long as the row lives (fragments are immutable; a write adds fragments and deletion files), and the search of
-    one version only returns rows of that version, so what a version held is right for each of its queries."""
-    version = await inner.version()
-    held = _HELD.get(table)
-    if held is None or held[0] != version or held[1] != columns:
-        if await inner.count_rows() > HELD_MAX_ROWS:
-            held = (version, columns, None)
-        else:
-            rows = await inner.query().select(columns).with_row_id().to_arrow()
-            row_ids = rows.column("_rowid").to_numpy()
-            order = np.argsort(row_ids, kind="stable")
-            held = (version, columns, (row_ids[order], rows.drop_columns(["_rowid"]).take(order)))
-        _HELD[table] = held
-    return held[2]
 
 
 def local_path(uri: str | os.PathLike) -> Path | None:
