@@ -153,3 +153,14 @@ def test_save_and_reload_roundtrip(tiny_model, tmp_path):
     # Derived buffers are rebuilt after meta-device loading, not left as garbage.
     for (name, a), (_, b) in zip(tiny_model.named_buffers(), reloaded.named_buffers(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
+
+
+@pytest.mark.parametrize("frames_in", [1, 3, 4, 300, 1001, 1023])
+def test_time_stretch_is_torchs_bicubic(frames_in):
+    """HTS-AT's gather-and-sum time stretch gives torch's bicubic (align_corners) interpolation, the operation
+    LAION's `reshape_wav2img` applies (the mel axis keeps its size), for fused and unfused inputs."""
+    from clapforge.modeling_clap.modeling_htsat import stretch_frames
+
+    mel = torch.randn(2, 4, frames_in, 64, generator=torch.Generator().manual_seed(frames_in))
+    expected = F.interpolate(mel, (1024, 64), mode="bicubic", align_corners=True)
+    assert torch.allclose(stretch_frames(mel, 1024), expected, rtol=0, atol=2e-6)

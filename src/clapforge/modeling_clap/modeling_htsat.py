@@ -8,6 +8,8 @@ checkpoints load by renaming the `audio_branch.` prefix only. LAION's AudioSet h
 not part of the encoder: CLAP embeddings never use them.
 """
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,6 +34,29 @@ def window_merge(windows: torch.Tensor, window: int, h: int, w: int) -> torch.Te
     b, _, _, d = windows.shape
     x = windows.view(b, h // window, w // window, window, window, d)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, d)  # (B, H, W, D)
+
+
+@functools.lru_cache(maxsize=8)
+def bicubic_taps(frames_in: int, frames_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each of `frames_out` frames of a bicubic (align_corners) stretch of `frames_in` frames reads from:
+    (frames_out, 4) frame indices and their (frames_out, 4) weights (fewer taps if frames_in < 4), so that the stretch
+    is a gather and a weighted sum of four frames. Read off torch's own bicubic stretch of the identity, so the
+    weights (float32, edge taps merged as torch clamps them) are the ones `F.interpolate` uses."""
+    eye = torch.eye(frames_in, dtype=torch.float32)[None, None]  # (1, 1, T, T)
+    matrix = F.interpolate(eye, (frames_out, frames_in), mode="bicubic", align_corners=True)[0, 0]  # (S*r, T)
+    index = matrix.abs().topk(min(4, frames_in), dim=1).indices  # (S*r, 4): at most 4 non-zero weights a row
+    return index, matrix.gather(1, index)
+
+
+def stretch_frames(mel: torch.Tensor, frames: int) -> torch.Tensor:
+    """(B, C, T, F) -> (B, C, frames, F): LAION's bicubic (align_corners) stretch of the time axis, as a gather of
+    four frames and a weighted sum. The same numbers as `F.interpolate(mel, (frames, F), mode="bicubic",
+    align_corners=True)` (the mel axis keeps its size, so its bicubic weights are exactly [0, 1, 0, 0]), but an
+    exported graph gets Gather/Mul/ReduceSum instead of ONNX Runtime's cubic Resize, 9% of the int8 audio tower's
+    time on an AVX2 CPU."""
+    index, weight = bicubic_taps(mel.shape[2], frames)
+    taps = mel[:, :, index.to(mel.device), :]  # (B, C, frames, 4, F)
+    return (taps * weight.to(mel)[:, :, None]).sum(dim=3)  # (B, C, frames, F)
 
 
 def relative_position_index(window: int) -> torch.Tensor:
@@ -289,7 +314,7 @@ class HtsatAudioEncoder(nn.Module):
                 f"bins, got {tuple(mel.shape)}"
             )
         if t < s * r:
-            mel = F.interpolate(mel, (s * r, f), mode="bicubic", align_corners=True)  # (B, C, S*r, F)
+            mel = stretch_frames(mel, s * r)  # (B, C, S*r, F)
         mel = mel.reshape(b, c * r, s, f).transpose(2, 3)  # (B, C*r, F, S)
         return mel.reshape(b, c, r * f, s)  # (B, C, S, S)
 
