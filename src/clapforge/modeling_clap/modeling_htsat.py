@@ -10,6 +10,7 @@ not part of the encoder: CLAP embeddings never use them.
 
 import functools
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,26 +37,41 @@ def window_merge(windows: torch.Tensor, window: int, h: int, w: int) -> torch.Te
     return x.permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, d)  # (B, H, W, D)
 
 
+# Keys's cubic convolution kernel with a = -0.75, the one torch's (and LAION's) bicubic interpolation uses.
+CUBIC_A = np.float32(-0.75)
+
+
 @functools.lru_cache(maxsize=8)
 def bicubic_taps(frames_in: int, frames_out: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each of `frames_out` frames of a bicubic (align_corners) stretch of `frames_in` frames reads from:
-    (frames_out, 4) frame indices and their (frames_out, 4) weights (fewer taps if frames_in < 4), so that the stretch
-    is a gather and a weighted sum of four frames. Read off torch's own bicubic stretch of the identity, so the
-    weights (float32, edge taps merged as torch clamps them) are the ones `F.interpolate` uses."""
-    eye = torch.eye(frames_in, dtype=torch.float32)[None, None]  # (1, 1, T, T)
-    matrix = F.interpolate(eye, (frames_out, frames_in), mode="bicubic", align_corners=True)[0, 0]  # (S*r, T)
-    index = matrix.abs().topk(min(4, frames_in), dim=1).indices  # (S*r, 4): at most 4 non-zero weights a row
-    return index, matrix.gather(1, index)
+    (frames_out, 4) frame indices (clamped at the edges, as torch clamps them) and their (frames_out, 4) weights.
+    Computed in numpy so that an ONNX export records them as constants, not as ops run on every call; in float32
+    like torch's kernel, whose source positions (`scale * frame`) decide the weights to ~1e-4 otherwise."""
+    one = np.float32(1)
+    scale = np.float32(frames_in - 1) / np.float32(frames_out - 1) if frames_out > 1 else np.float32(0)
+    source = scale * np.arange(frames_out, dtype=np.float32)  # where each output frame falls between input frames
+    base = np.floor(source)
+    t = source - base  # (S*r,) in [0, 1)
+
+    def near(x: np.ndarray) -> np.ndarray:  # the kernel for |x| <= 1
+        return ((CUBIC_A + 2) * x - (CUBIC_A + 3)) * x * x + 1
+
+    def far(x: np.ndarray) -> np.ndarray:  # the kernel for 1 < |x| < 2
+        return ((CUBIC_A * x - 5 * CUBIC_A) * x + 8 * CUBIC_A) * x - 4 * CUBIC_A
+
+    weight = np.stack([far(t + one), near(t), near(one - t), far(one + (one - t))], axis=1)  # (S*r, 4)
+    index = np.clip(base.astype(np.int64)[:, None] - 1 + np.arange(4), 0, frames_in - 1)  # (S*r, 4)
+    return torch.from_numpy(index), torch.from_numpy(weight.astype(np.float32))
 
 
 def stretch_frames(mel: torch.Tensor, frames: int) -> torch.Tensor:
     """(B, C, T, F) -> (B, C, frames, F): LAION's bicubic (align_corners) stretch of the time axis, as a gather of
-    four frames and a weighted sum. The same numbers as `F.interpolate(mel, (frames, F), mode="bicubic",
-    align_corners=True)` (the mel axis keeps its size, so its bicubic weights are exactly [0, 1, 0, 0]), but an
+    four frames and a weighted sum. The numbers of `F.interpolate(mel, (frames, F), mode="bicubic",
+    align_corners=True)` to float32 rounding (the mel axis keeps its size: its bicubic weights are [0, 1, 0, 0]), but an
     exported graph gets Gather/Mul/ReduceSum instead of ONNX Runtime's cubic Resize, 9% of the int8 audio tower's
     time on an AVX2 CPU. Used under ONNX export only: PyTorch's own bicubic kernel is fast, and torch.compile would
     trace `bicubic_taps` into every call."""
-    index, weight = bicubic_taps(mel.shape[2], frames)
+    index, weight = bicubic_taps(int(mel.shape[2]), int(frames))  # static: the graph keeps them as constants
     taps = mel[:, :, index.to(mel.device), :]  # (B, C, frames, 4, F)
     return (taps * weight.to(mel)[:, :, None]).sum(dim=3)  # (B, C, frames, F)
 
