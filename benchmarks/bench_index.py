@@ -154,6 +154,13 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def index_text(report: dict) -> str:
+    if report["action"] == "reused":
+        return "the one an earlier run built (reused)"
+    partitions, bits = report.get("num_partitions"), report.get("num_bits")
+    return f"{report['action']} {partitions} partitions, {bits} bits per dimension (RaBitQ)"
+
+
 def disk_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
 
@@ -222,9 +229,8 @@ def main() -> None:
     ann_ms = sorted(x * 1e3 for x in timed["ann"])
     ann_p50, ann_p95 = statistics.median(ann_ms), ann_ms[int(0.95 * (len(ann_ms) - 1))]
     print(f"{args.vectors} vectors x {args.dim} ({args.clusters} clusters, spread {args.spread}), {args.queries} "
-          f"queries, k={args.top_k}; index: {report['action']} {report.get('num_partitions')} partitions, "
-          f"{report.get('num_bits')} bits per dimension (RaBitQ), "
-          f"searched with {NPROBES} probes and refine factor {REFINE_FACTOR}\n")
+          f"queries, k={args.top_k}; index: {index_text(report)}, searched with {NPROBES} probes and refine factor "
+          f"{REFINE_FACTOR}\n")
     print("| | exact torch scan | LanceDB IVF-RQ |")
     print("|---|---|---|")
     print(f"| recall@{args.top_k} | 1 | {recall:.3f} |")
