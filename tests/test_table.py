@@ -281,6 +281,15 @@ def test_a_query_runs_lance_on_one_core_and_gives_its_cores_back(tmp_path, monke
     assert seen and all(cores == one_core for cores in seen[0].values()), seen
     assert {t: os.sched_getaffinity(t) for t in lance} == before
 
+    # Overlapping queries (two users of a Space): pinned until the last one ends, then every thread's cores back.
+    first, second = table_search._lance_on_one_core(loop_thread), table_search._lance_on_one_core(loop_thread)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert all(os.sched_getaffinity(t) == one_core for t in lance)
+    second.__exit__(None, None, None)
+    assert {t: os.sched_getaffinity(t) for t in lance} == before
+
 
 def test_a_long_lived_search_finds_rows_appended_after_the_index(tmp_path):
     """A process that keeps `open_tables` skips lance's check for unindexed rows only while the index covers every

@@ -144,21 +144,34 @@ def _lance_on_one_core(loop_thread: int | None) -> Iterator[None]:
     (measured 6-19% of CPU time during ANN queries against 1-4% during an exact scan). Measured 2026-12-03 on 2 EPYC
     cores (a VM), 10^6 rows, 500 queries taking turns in one process: p50 8.4 ms free, 7.5 ms pinned during each
     query (7.1 ms pinned for good; 9.4 -> 7.6 and 11.2 -> 8.2 in two more runs). Only during the query, so lance's
-    writes and index builds keep every core. A no-op with one core, off Linux, or where affinity can't be set."""
-    cores = _cores()
-    threads = _lance_threads(loop_thread) if cores and len(cores) > 1 else []
-    pinned = []
-    for tid in threads:
-        with contextlib.suppress(OSError):  # the thread ended, or affinity is not ours to set
-            own = os.sched_getaffinity(tid)
-            os.sched_setaffinity(tid, {min(cores)})
-            pinned.append((tid, own))
+    writes and index builds keep every core. A no-op with one core, off Linux, or where affinity can't be set.
+    Concurrent queries (a Space serving several users) share one pinning: the first pins, the last gives back."""
+    global _PINNED_QUERIES
+    with _PIN_LOCK:
+        if _PINNED_QUERIES == 0:
+            cores = _cores()
+            for tid in _lance_threads(loop_thread) if cores and len(cores) > 1 else []:
+                with contextlib.suppress(OSError):  # the thread ended, or affinity is not ours to set
+                    own = os.sched_getaffinity(tid)
+                    os.sched_setaffinity(tid, {min(cores)})
+                    _PINNED_MASKS.append((tid, own))
+        _PINNED_QUERIES += 1
     try:
         yield
     finally:
-        for tid, own in pinned:
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(tid, own)
+        with _PIN_LOCK:
+            _PINNED_QUERIES -= 1
+            if _PINNED_QUERIES == 0:
+                for tid, own in _PINNED_MASKS:
+                    with contextlib.suppress(OSError):
+                        os.sched_setaffinity(tid, own)
+                _PINNED_MASKS.clear()
+
+
+# Queries running inside `_lance_on_one_core`, and the (thread id, its own cores) pairs the first of them pinned.
+_PIN_LOCK = threading.Lock()
+_PINNED_QUERIES = 0
+_PINNED_MASKS: list[tuple[int, set[int]]] = []
 
 
 def _cores() -> set[int] | None:
@@ -167,8 +180,10 @@ def _cores() -> set[int] | None:
     return set(getter(threading.get_native_id())) if getter else None
 
 
-# Thread id -> whether it is one of lance's, per task directory listing (thread names are read once per thread).
+# Thread id -> whether it is one of lance's, per task directory listing (thread names are read once per thread);
+# the lock keeps concurrent queries (a Space serving several users) from updating it at the same time.
 _KNOWN_THREADS: dict[int, bool] = {}
+_KNOWN_THREADS_LOCK = threading.Lock()
 
 
 def _lance_threads(loop_thread: int | None) -> list[int]:
@@ -177,17 +192,18 @@ def _lance_threads(loop_thread: int | None) -> list[int]:
         tids = [int(t) for t in os.listdir("/proc/self/task")]
     except OSError:
         return []
-    for tid in tids:
-        if tid not in _KNOWN_THREADS:
-            try:
-                with open(f"/proc/self/task/{tid}/comm") as f:
-                    _KNOWN_THREADS[tid] = f.read().strip() in LANCE_THREAD_NAMES
-            except OSError:
-                _KNOWN_THREADS[tid] = False
-    live = set(tids)
-    for gone in [t for t in _KNOWN_THREADS if t not in live]:
-        _KNOWN_THREADS.pop(gone, None)  # thread ids are reused: forget ended threads
-    return [t for t in tids if _KNOWN_THREADS[t] or t == loop_thread]
+    with _KNOWN_THREADS_LOCK:
+        for tid in tids:
+            if tid not in _KNOWN_THREADS:
+                try:
+                    with open(f"/proc/self/task/{tid}/comm") as f:
+                        _KNOWN_THREADS[tid] = f.read().strip() in LANCE_THREAD_NAMES
+                except OSError:
+                    _KNOWN_THREADS[tid] = False
+        live = set(tids)
+        for gone in [t for t in _KNOWN_THREADS if t not in live]:
+            del _KNOWN_THREADS[gone]  # thread ids are reused: forget ended threads
+        return [t for t in tids if _KNOWN_THREADS[t] or t == loop_thread]
 
 
 @dataclasses.dataclass(frozen=True)
