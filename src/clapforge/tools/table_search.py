@@ -93,7 +93,7 @@ def _nearest(table: Any, query: np.ndarray, limit: int, columns: list[str], wher
 
     Through the AsyncTable that lancedb's LanceTable wraps, in one call on lancedb's event-loop thread: the sync
     query builder makes seven calls there per query (three schema reads for blob columns, the stream's batches),
-    ~2.5 ms of a query (see the comment at PARTITION_ROWS). lancedb is pinned (==0.40.0); any other table object
+    ~2.5 ms of a query (see the comment above NPROBES). lancedb is pinned (==0.40.0); any other table object
     goes through the sync builder. A table without a vector index is scanned exactly whatever the probes and refine
     factor say, so there is no need to list its indices (another call) on every query. With `hold`, the columns come
     from `_version_state` and lance returns only row ids and distances.
