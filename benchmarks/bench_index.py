@@ -241,8 +241,8 @@ def main() -> None:
     print(f"| disk (MB) | {args.vectors * args.dim * 4 / 2**20:.0f} (float32 matrix) | table {table_mb:.0f}, "
           f"index {index_mb:.0f} |")
     print(f"| peak RSS of the query process (MB) | (holds the matrix) | {memory['peak_rss_mb']:.0f} "
-          f"({memory['imports_rss_mb']:.0f} after importing lancedb and clapforge.tools.table without torch, before "
-          "opening the table) |")
+          f"({memory['imports_rss_mb']:.0f} after importing lancedb and clapforge.tools.table_search without torch, "
+          "before opening the table) |")
     print(f"\n1-min load average {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end; "
           f"{os.cpu_count()} CPUs; CPU time stolen by the hypervisor: {steal_percent(timed['steal'][0]):.0f}% during "
           f"the exact scans, {steal_percent(timed['steal'][1]):.0f}% during the ANN queries.")

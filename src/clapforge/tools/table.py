@@ -237,8 +237,13 @@ def index_defaults(rows: int) -> dict[str, int]:
     return {"num_partitions": max(1, rows // PARTITION_ROWS), "num_bits": RQ_BITS}
 
 
+def vector_index_names(indices: Iterable[Any]) -> list[str]:
+    """Names of the indices (as `list_indices` gives them, sync or async table) on the `embedding` column."""
+    return [i.name for i in indices if "embedding" in (getattr(i, "columns", None) or [])]
+
+
 def has_vector_index(table: Any) -> bool:
-    return any("embedding" in (getattr(i, "columns", None) or []) for i in table.list_indices())
+    return bool(vector_index_names(table.list_indices()))
 
 
 def build_index(uri: str | os.PathLike, exact: bool = False) -> list[dict[str, Any]]:
@@ -250,9 +255,8 @@ def build_index(uri: str | os.PathLike, exact: bool = False) -> list[dict[str, A
         report: dict[str, Any] = {"table": name, "rows": rows}
         start = time.perf_counter()
         if exact:
-            for index in table.list_indices():
-                if "embedding" in (getattr(index, "columns", None) or []):
-                    table.drop_index(index.name)
+            for name in vector_index_names(table.list_indices()):
+                table.drop_index(name)
             report["action"] = "dropped"
         elif rows < MIN_ANN_ROWS:
             report["action"] = f"left exact (fewer than {MIN_ANN_ROWS} rows)"

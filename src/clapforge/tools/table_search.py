@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .table import FILES, WINDOWS, open_tables
+from .table import FILES, WINDOWS, open_tables, vector_index_names
 
 # The index (IVF-RQ, see PARTITION_ROWS in tools/table.py) is searched by probing NPROBES partitions and re-ranking
 # REFINE_FACTOR * k candidates with their stored float32 vectors.
@@ -134,6 +134,12 @@ def _nearest(table: Any, query: np.ndarray, limit: int, columns: list[str], wher
         return LOOP.run(run())
 
 
+# Queries running inside `_lance_on_one_core`, and the (thread id, its own cores) pairs the first of them pinned.
+_PIN_LOCK = threading.Lock()
+_PINNED_QUERIES = 0
+_PINNED_MASKS: list[tuple[int, set[int]]] = []
+
+
 @contextlib.contextmanager
 def _lance_on_one_core(loop_thread: int | None) -> Iterator[None]:
     """Run the block with lance's threads (and lancedb's event-loop thread) pinned to one of the calling thread's
@@ -166,12 +172,6 @@ def _lance_on_one_core(loop_thread: int | None) -> Iterator[None]:
                     with contextlib.suppress(OSError):
                         os.sched_setaffinity(tid, own)
                 _PINNED_MASKS.clear()
-
-
-# Queries running inside `_lance_on_one_core`, and the (thread id, its own cores) pairs the first of them pinned.
-_PIN_LOCK = threading.Lock()
-_PINNED_QUERIES = 0
-_PINNED_MASKS: list[tuple[int, set[int]]] = []
 
 
 def _cores() -> set[int] | None:
@@ -237,7 +237,7 @@ async def _version_state(table: Any, inner: Any, columns: list[str]) -> _Version
             row_ids = found.column("_rowid").to_numpy()
             order = np.argsort(row_ids, kind="stable")
             rows = (row_ids[order], found.drop_columns(["_rowid"]).take(order))
-        indices = [i.name for i in await inner.list_indices() if "embedding" in (i.columns or [])]
+        indices = vector_index_names(await inner.list_indices())
         stats = await inner.index_stats(indices[0]) if indices else None
         state = _VersionState(version, columns, rows, stats is not None and stats.num_unindexed_rows == 0)
         _STATES[table] = state
