@@ -56,8 +56,10 @@ MIN_ANN_ROWS = 1000
 # 10 buys the recall of 1 bit with refine 40 for ~7 ms less per query. Small partitions keep a sparse table nearly
 # exhaustive under 20 probes, while at 10^6 rows 20 probes read ~8% of the codes. Not chosen: IVF-HNSW-SQ (0.98-1.0
 # at 20k but 22 s to build 20k rows and minutes for 100k on these cores: too slow for 10^6), IVF-SQ (recall no
-# better than RQ at equal probes; 512 bytes per vector). An exact scan through lancedb (no index) took 60-70 ms at
-# 20k rows and 340-450 ms at 100k.
+# better than RQ at equal probes; 512 bytes per vector). At 10^6 rows without re-ranking (benchmarks/RESULTS.md, "Other
+# indices"): IVF-SQ 0.965 but a 761 MB index (a query process caches it: over 1 GB), 8-bit RQ 0.951 (782 MB), IVF-PQ
+# 256 x 8 bits 0.817, IVF-FLAT 0.994 at 2 probes but 8 MB read per probe. An exact scan through lancedb (no index)
+# took 60-70 ms at 20k rows and 340-450 ms at 100k.
 # How the index is searched (probes, re-ranking) and what a query costs: tools/table_search.py.
 PARTITION_ROWS = 4096
 RQ_BITS = 4
