@@ -196,6 +196,22 @@ def test_a_table_of_another_model_is_refused(work, tmp_path):
     assert report.computed == 4 and {r["model"] for r in _rows(out).values()} == {str(other.resolve())}
 
 
+def test_decoding_workers_are_not_forks_of_a_process_running_lancedb(work, tmp_path):
+    """lancedb's threads run while a table is embedded; a worker forked from that process restarts lancedb's runtime
+    and may inherit locks its threads held (lancedb then warns, in the child). Workers start from a fork server
+    instead, and give the embeddings of no workers. A process of its own: pytest records the children's warnings."""
+    cmd = [sys.executable, "-m", "clapforge", "embed", str(work / "model"), str(work / "audio"),
+           str(tmp_path / "workers.lance"), "--num-workers", "2", "--quiet"]
+    child = subprocess.run(cmd, env=_env(work), capture_output=True, text=True, timeout=600)
+    assert child.returncode == 0, child.stderr
+    assert "fork support" not in child.stderr
+    _embed(work / "model", work / "audio", tmp_path / "inline.lance", num_workers=0)
+    with_workers, inline = _rows(tmp_path / "workers.lance"), _rows(tmp_path / "inline.lance")
+    assert sorted(with_workers) == sorted(inline)
+    for key, row in inline.items():
+        np.testing.assert_allclose(with_workers[key]["embedding"], row["embedding"], rtol=0, atol=1e-6)
+
+
 def _clustered(n: int, dim: int, clusters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Unit vectors around random centres (like real embeddings, unlike uniform noise), and their centres."""
     rng = np.random.default_rng(seed)
@@ -365,7 +381,7 @@ def _table_out(output: str) -> list[list[str]]:
 def test_cli_embed_search_index_on_a_table(work, tmp_path, capsys):
     out = tmp_path / "t.lance"
     assert cli_main(["embed", str(work / "model"), str(work / "audio"), str(out), "--quiet", "--num-workers", "0"]) == 0
-    assert "4 embeddings (4 computed by this run, 0 removed)" in capsys.readouterr().out
+    assert "4 embeddings (4 input(s) read by this run, 0 removed)" in capsys.readouterr().out
     assert cli_main(["search", str(out), "--audio", str(work / "audio" / "sub/c.wav"), "--top-k", "2"]) == 0
     rows = _table_out(capsys.readouterr().out)
     assert rows[0][2] == "sub/c.wav" and float(rows[0][1]) == pytest.approx(1.0, abs=1e-4) and len(rows) == 2
@@ -382,7 +398,7 @@ def test_cli_embed_index_dir_writes_the_same_table_as_out_lance(work, tmp_path, 
     model, audio, folder = str(work / "model"), str(work / "audio"), tmp_path / "library-index"
     common = ["--quiet", "--num-workers", "0"]
     assert cli_main(["embed", model, audio, "--index", str(folder), *common]) == 0
-    assert f"wrote {folder}: 4 embeddings (4 computed by this run, 0 removed)" in capsys.readouterr().out
+    assert f"wrote {folder}: 4 embeddings (4 input(s) read by this run, 0 removed)" in capsys.readouterr().out
     assert (folder / "files.lance").is_dir() and table.is_table(folder) and not table.is_table(tmp_path)
     assert cli_main(["embed", model, audio, "--index", str(folder), *common]) == 0
     assert f"{folder} is up to date (4 embeddings)" in capsys.readouterr().out

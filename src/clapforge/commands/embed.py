@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if report.up_to_date:
         print(f"{out} is up to date ({report.embedded} embeddings); --overwrite to redo it")
     elif report.removed or args.index or out.rstrip("/").endswith(".lance"):
-        print(f"wrote {out}: {report.embedded} embeddings ({report.computed} computed by this run, "
+        print(f"wrote {out}: {report.embedded} embeddings ({report.computed} input(s) read by this run, "
               f"{report.removed} removed)")
     else:
         print(f"wrote {out}: {report.embedded} embeddings")

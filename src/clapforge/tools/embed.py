@@ -51,7 +51,7 @@ class EmbedReport:
     out: Path
     embedded: int = 0
     errors: list[dict[str, str]] = field(default_factory=list)
-    computed: int = 0  # items embedded by this run (not reused from part files or from the table)
+    computed: int = 0  # items this run read, embedded or found unreadable (not reused from part files or the table)
     removed: int = 0  # table rows of files no longer in the input, deleted by this run
     up_to_date: bool = False
     main_process: bool = True  # False on the other ranks of a launch, which print nothing
@@ -193,12 +193,14 @@ def embed_parts(
     compile: bool,
     device: torch.device,
     bar: Any = None,
+    start_method: str | None = None,
 ) -> None:
     """Embed the items of `parts` (part number -> its items, in order) and hand each part's rows, in item order, to
     `on_part(part, rows)` as soon as the part is complete: the one loop behind every output (a part file, a table).
 
     A row is {"index", "key"} plus "embedding" and "duration" (and the window fields in window mode), or "error".
     Batches never straddle parts, so a part's floating-point results do not depend on which run or rank made it.
+    `start_method` starts the decoding workers another way than the platform's default (see `embed_table`).
     """
     todo = [item for items in parts.values() for item in items]
     if not todo:
@@ -211,7 +213,11 @@ def embed_parts(
     # On a CPU, workers decoding while the model runs take a core from one of its threads, and the others then
     # wait for it at every op: the model step slows by more than the work the worker does. So workers wait while
     # the model runs and use every core between its steps (benchmarks/RESULTS.md "Embed").
-    model_idle = multiprocessing.get_context().Event() if device.type == "cpu" and num_workers > 0 else None
+    context = multiprocessing.get_context(start_method)
+    if start_method == "forkserver":
+        # The server imports the workers' code once; each worker is then a fork of it, not a fresh interpreter.
+        context.set_forkserver_preload([AudioItems.__module__])
+    model_idle = context.Event() if device.type == "cpu" and num_workers > 0 else None
     if model_idle is not None:
         model_idle.set()
     loader = torch.utils.data.DataLoader(
@@ -219,6 +225,7 @@ def embed_parts(
         batch_sampler=batches,
         collate_fn=Featurize(fe, window, model_idle),
         num_workers=num_workers,
+        multiprocessing_context=context if num_workers > 0 else None,
     )
     sleep = float(os.environ.get(TEST_SLEEP_ENV, "0"))
     part_of = {item.index: p for p, items in parts.items() for item in items}

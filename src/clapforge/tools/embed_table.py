@@ -13,6 +13,7 @@ Unreadable inputs are listed in OUT.lance.errors.json and tried again on every r
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 from pathlib import Path
@@ -133,8 +134,12 @@ def embed_to_table(
     total = sum(len(its) for its in parts.values())
     bar = tqdm(total=total, unit="file", desc=f"embed {report.out.name}",
                disable=not (progress and state.is_main_process))
+    # The decoding workers start from a fork server, not by forking this process: lancedb's runtime threads are
+    # running here, and a fork copies whatever locks they hold (lancedb warns of deadlocks in each forked child).
+    # Windows has no fork server, and spawns (the safe way) anyway.
+    start = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else None
     embed_parts(loaded, fe, reader, parts, commit, batch_size=batch_size, num_workers=num_workers, window=window,
-                precision=precision, compile=compile, device=state.device, bar=bar)
+                precision=precision, compile=compile, device=state.device, bar=bar, start_method=start)
     bar.close()
 
     state.wait_for_everyone()
