@@ -199,7 +199,8 @@ def test_a_table_of_another_model_is_refused(work, tmp_path):
 def test_decoding_workers_are_not_forks_of_a_process_running_lancedb(work, tmp_path):
     """lancedb's threads run while a table is embedded; a worker forked from that process restarts lancedb's runtime
     and may inherit locks its threads held (lancedb then warns, in the child). Workers start from a fork server
-    instead, and give the embeddings of no workers. A process of its own: pytest records the children's warnings."""
+    instead, and give the same embeddings as no workers. Run in a process of its own: pytest records the children's
+    warnings."""
     cmd = [sys.executable, "-m", "clapforge", "embed", str(work / "model"), str(work / "audio"),
            str(tmp_path / "workers.lance"), "--num-workers", "2", "--quiet"]
     child = subprocess.run(cmd, env=_env(work), capture_output=True, text=True, timeout=600)
