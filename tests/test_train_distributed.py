@@ -2,9 +2,10 @@
 
 A real 2-process CPU run (gloo, `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2`) runs
 tests/scripts/ddp_equivalence.py: the DDP-prepared test-tiny model, half of a fixed batch per process,
-`global_contrastive_loss`, backward. Its loss and every parameter's gradient (after DDP's averaging) must equal, to
-1e-5, those of one process computing the model file's `contrastive_loss` on the whole batch, with and without
-`local_loss`. A wrong gather (`accelerator.gather`, which has no gradient) must not match: the comparison can fail.
+`global_contrastive_loss`, backward. Its loss and every parameter's gradient (after DDP's averaging) must equal those
+of one process computing the model file's `contrastive_loss` on the whole batch, with and without `local_loss`, both
+sides in float64 (`TOL` says why). A wrong gather (`accelerator.gather`, which has no gradient) must not match: the
+comparison can fail.
 """
 
 import importlib.util
@@ -24,7 +25,15 @@ pytestmark = pytest.mark.slow  # launches two training processes
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_equivalence.py"
 BATCH, TEXT_LEN, WORLD = 8, 12, 2
-TOL = dict(rtol=1e-5, atol=1e-5)
+# The two runs compute the same sums in different orders (per-process halves, all-gather, DDP's all-reduce vs one batch;
+# the kernels also pick their order per CPU), so they agree to rounding only. In float32 that rounding is not a fixed
+# amount: text_projection.linear2.bias differed by 1.2e-5 (0.1% of it) on an AMX CPU, and gradients that are zero in
+# exact arithmetic (the attention key biases) come out as pure float32 noise, so no tolerance relative to a tensor's own
+# values holds. Both sides therefore run in float64 (ddp_equivalence.DTYPE): a reduction over n terms then rounds by at
+# most ~n * 1.1e-16 * sum|terms|; with n <= 1e5 summed terms and terms no larger than ~1 here, that is <= ~1e-11,
+# whatever order the kernels sum in (measured: 1.1e-14 on an AMX CPU). A real error is of the size of the gradients
+# (largest 0.1; the wrong gather below is off by 1.5e-2), nine orders above atol.
+TOL = dict(rtol=1e-9, atol=1e-10)
 
 
 def _script_module():
@@ -58,8 +67,9 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     module = _script_module()
     torch.manual_seed(0)
-    state_dict = clapforge.create_model("test-tiny", **module.NO_DROPOUT).state_dict()
+    state_dict = clapforge.create_model("test-tiny", **module.NO_DROPOUT).to(module.DTYPE).state_dict()
     batch = _fixed_batch()
+    batch["input_features"] = batch["input_features"].to(module.DTYPE)
     torch.save({"state_dict": state_dict, "batch": batch}, tmp / "in.pt")
 
     # A private HF_HOME: no user accelerate config (~/.cache/huggingface/accelerate/default_config.yaml) leaks in.
@@ -119,6 +129,7 @@ def test_same_loss_and_gradients_as_one_process(runs, mode):
         assert not torch.allclose(result["rank_losses"][0], result["rank_losses"][1])
     grads, expected = result["grads"], reference["grads"]
     assert set(grads) == set(expected)
+    assert all(g.dtype == torch.float64 for g in [*grads.values(), *expected.values()])  # TOL assumes float64
     # The gradient reaches both towers and the logit scale.
     assert any(n.startswith("audio_model.") for n in grads) and any(n.startswith("text_model.") for n in grads)
     assert "logit_scale_a" in grads and expected["logit_scale_a"].abs() > 0

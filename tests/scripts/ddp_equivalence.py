@@ -3,10 +3,10 @@
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 ddp_equivalence.py IN.pt OUT.pt
 
 IN.pt holds the initial state_dict of a dropout-free test-tiny model and a fixed batch (input_features, input_ids,
-attention_mask). Rank r takes rows [r*B/N, (r+1)*B/N) of the batch, runs the DDP-prepared model's forward (so DDP's
-hooks run), computes the loss with `global_contrastive_loss` and backpropagates. Rank 0 writes, per mode, the loss (the
-mean over ranks, which is the loss of the global batch for both modes) and every parameter's gradient after DDP's
-averaging.
+attention_mask), in float64 (`DTYPE`; tests/test_train_distributed.py says why). Rank r takes rows [r*B/N, (r+1)*B/N)
+of the batch, runs the DDP-prepared model's forward (so DDP's hooks run), computes the loss with
+`global_contrastive_loss` and backpropagates. Rank 0 writes, per mode, the loss (the mean over ranks, which is the loss
+of the global batch for both modes) and every parameter's gradient after DDP's averaging.
 
 Modes: "global" (local_loss=False), "local" (local_loss=True), and "no_grad_gather": a deliberately wrong loss that
 gathers with `accelerator.gather` (no gradient through the other ranks' embeddings) -- the test checks that this one
@@ -27,6 +27,9 @@ NO_DROPOUT = {
     "text_config": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
     "audio_config": {"drop_path_rate": 0.0, "drop_rate": 0.0, "attn_drop_rate": 0.0},
 }
+# Both the 2-process run and its single-process reference compute in float64, so that the only difference between them,
+# the order of the summations, stays at float64 rounding (~1e-16 relative) far below any real error.
+DTYPE = torch.float64
 
 
 def build_model(state_dict: dict) -> torch.nn.Module:
@@ -35,8 +38,8 @@ def build_model(state_dict: dict) -> torch.nn.Module:
     BatchNorm in training mode normalises with the statistics of the batch it sees, i.e. of each process's half under
     DDP (SyncBatchNorm needs CUDA), which no single-process run reproduces; its running statistics are used instead.
     """
-    model = clapforge.create_model("test-tiny", **NO_DROPOUT)
-    model.load_state_dict(state_dict)
+    model = clapforge.create_model("test-tiny", **NO_DROPOUT).to(DTYPE)
+    model.load_state_dict(state_dict)  # copies into the DTYPE parameters
     model.train()
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
@@ -55,6 +58,7 @@ def main(inp: str, out: str) -> None:
     assert accelerator.distributed_type == DistributedType.MULTI_CPU, accelerator.distributed_type
     assert accelerator.num_processes == 2, accelerator.num_processes
     data = torch.load(inp)
+    assert data["batch"]["input_features"].dtype == DTYPE, data["batch"]["input_features"].dtype
     model = accelerator.prepare(build_model(data["state_dict"]))
     unwrapped = accelerator.unwrap_model(model)
     assert model is not unwrapped  # really DDP-wrapped
