@@ -1,12 +1,15 @@
 """Configurations of LAION-CLAP: the joint model and its two audio encoders (HTS-AT, PANN).
 
-This file is copied into every saved model folder, so it imports only transformers (no torch, no clapforge).
+This file is copied into every saved model folder, so it imports only transformers and its sibling activation table
+(never clapforge).
 """
 
 from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+
+from .activations_laion_clap import check_activation
 
 TEXT_POOLING_RULES = ("pooler", "cls", "mean", "last")
 FUSION_TYPES = ("aff_2d",)
@@ -50,6 +53,7 @@ class HtsatConfig(PreTrainedConfig):
             raise ValueError(f"HtsatConfig: depths {self.depths} and num_heads {self.num_heads} differ in length")
         if self.spec_size % self.num_mel_bins:
             raise ValueError(f"HtsatConfig: spec_size {self.spec_size} must be a multiple of num_mel_bins")
+        check_activation(self.hidden_act, "HtsatConfig: hidden_act")
         if self.enable_fusion and self.fusion_type not in FUSION_TYPES:
             raise ValueError(f"HtsatConfig: fusion_type {self.fusion_type!r} is not one of {FUSION_TYPES}")
         super().__post_init__(**kwargs)
@@ -146,6 +150,7 @@ class LaionClapConfig(PreTrainedConfig):
             self.audio_config.enable_fusion = bool(fusion)
         if self.text_pooling not in TEXT_POOLING_RULES:
             raise ValueError(f"text_pooling {self.text_pooling!r} is not one of {TEXT_POOLING_RULES}")
+        check_activation(self.projection_hidden_act, "projection_hidden_act")
         super().__post_init__(**kwargs)
 
     @property

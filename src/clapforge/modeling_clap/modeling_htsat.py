@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from .activations_laion_clap import build_activation
 from .configuration_laion_clap import HtsatConfig
 from .modeling_fusion import AttentionalFeatureFusion, fuse_local_crops, longer_clips
 
@@ -147,7 +148,7 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, act: str, drop: float) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU() if act == "gelu" else nn.ReLU()
+        self.act = build_activation(act)
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 

@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,7 @@ from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from .activations_laion_clap import build_activation
 from .configuration_laion_clap import HtsatConfig, LaionClapConfig, PannConfig
 from .modeling_htsat import HtsatAudioEncoder, SwinBlock, WindowAttention, relative_position_index, shifted_window_mask
 from .modeling_pann import PannAudioEncoder, init_pann_weights
@@ -72,11 +73,17 @@ class ProjectionHead(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, act: str) -> None:
         super().__init__()
         self.linear1 = nn.Linear(in_dim, out_dim)
-        self.activation = nn.ReLU() if act == "relu" else nn.GELU()
+        self.activation = build_activation(act)
         self.linear2 = nn.Linear(out_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear2(self.activation(self.linear1(x)))
+
+
+def build_projection(config: LaionClapConfig, tower: Literal["audio", "text"]) -> ProjectionHead:
+    """The projection head of the `tower` ("audio" or "text") encoder: every model class builds its heads here."""
+    encoder_config = {"audio": config.audio_config, "text": config.text_config}[tower]
+    return ProjectionHead(encoder_config.hidden_size, config.projection_dim, config.projection_hidden_act)
 
 
 def build_audio_encoder(config: HtsatConfig | PannConfig) -> nn.Module:
@@ -191,13 +198,9 @@ class LaionClapModel(_AudioTower, _TextTower, LaionClapPreTrainedModel):
     def __init__(self, config: LaionClapConfig) -> None:
         super().__init__(config)
         self.text_model = AutoModel.from_config(config.text_config)
-        self.text_projection = ProjectionHead(
-            config.text_config.hidden_size, config.projection_dim, config.projection_hidden_act
-        )
+        self.text_projection = build_projection(config, "text")
         self.audio_model = build_audio_encoder(config.audio_config)
-        self.audio_projection = ProjectionHead(
-            config.audio_config.hidden_size, config.projection_dim, config.projection_hidden_act
-        )
+        self.audio_projection = build_projection(config, "audio")
         scale = torch.tensor(math.log(config.logit_scale_init_value))
         self.logit_scale_a = nn.Parameter(scale.clone())
         # Kept for checkpoint compatibility; LAION's released models never trained it and neither do we.
@@ -244,9 +247,7 @@ class LaionClapAudioModelWithProjection(_AudioTower, LaionClapPreTrainedModel):
     def __init__(self, config: LaionClapConfig) -> None:
         super().__init__(config)
         self.audio_model = build_audio_encoder(config.audio_config)
-        self.audio_projection = ProjectionHead(
-            config.audio_config.hidden_size, config.projection_dim, config.projection_hidden_act
-        )
+        self.audio_projection = build_projection(config, "audio")
         self.post_init()
 
     def forward(
@@ -264,9 +265,7 @@ class LaionClapTextModelWithProjection(_TextTower, LaionClapPreTrainedModel):
     def __init__(self, config: LaionClapConfig) -> None:
         super().__init__(config)
         self.text_model = AutoModel.from_config(config.text_config)
-        self.text_projection = ProjectionHead(
-            config.text_config.hidden_size, config.projection_dim, config.projection_hidden_act
-        )
+        self.text_projection = build_projection(config, "text")
         self.post_init()
 
     def forward(

@@ -21,7 +21,7 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .configuration_laion_clap import LaionClapConfig
-from .modeling_laion_clap import LaionClapPreTrainedModel, ProjectionHead, build_audio_encoder
+from .modeling_laion_clap import LaionClapPreTrainedModel, build_audio_encoder, build_projection
 
 SINGLE_LABEL = "single_label_classification"
 MULTI_LABEL = "multi_label_classification"
@@ -66,9 +66,7 @@ class LaionClapForAudioClassification(LaionClapPreTrainedModel):
         self.use_projection = bool(getattr(config, "classifier_use_projection", True))
         self.audio_model = build_audio_encoder(config.audio_config)
         if self.use_projection:
-            self.audio_projection = ProjectionHead(
-                config.audio_config.hidden_size, config.projection_dim, config.projection_hidden_act
-            )
+            self.audio_projection = build_projection(config, "audio")
         in_dim = config.projection_dim if self.use_projection else config.audio_config.hidden_size
         self.classifier = ClassifierHead(in_dim, self.num_labels, getattr(config, "classifier_head", "linear"))
         self.encoder_frozen = False  # training state, not configuration: see freeze_encoder
