@@ -35,7 +35,7 @@ from ..modeling_clap.modeling_laion_clap import LaionClapModel
 from ..modeling_clap.modeling_laion_clap_classification import LaionClapForAudioClassification
 from ..presets import create_feature_extractor, load_preset_config
 from .augment import promote_longer, spec_augment
-from .objective import TrainingObjective
+from .objective import TrainingObjective, register_objective
 from .recipe import Recipe, RecipeError
 
 logger = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ def do_mixup(x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     return x * lam + x.flip(0) * (1 - lam)
 
 
+@register_objective("classification")
 class ClassificationObjective(TrainingObjective):
     """The classification objective; one instance per run."""
 

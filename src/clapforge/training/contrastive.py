@@ -19,12 +19,13 @@ from ..data.stream import stream_dataset
 from ..evaluation.evaluate import evaluate_clap
 from .augment import promote_longer, spec_augment
 from .loss import global_contrastive_loss
-from .objective import TrainingObjective
+from .objective import TrainingObjective, register_objective
 from .weights import build_model
 
 MAX_LOGIT_SCALE = math.log(100)  # LAION clamps exp(logit_scale_a) to [1, 100] after every step
 
 
+@register_objective("contrastive")
 class ContrastiveObjective(TrainingObjective):
     def build(self) -> tuple[nn.Module, Any, tuple[str, ...]]:
         model, processor, pretrained = build_model(self.recipe)

@@ -2,19 +2,23 @@
 `train.py` reads top to bottom with no per-objective branches (as open_clip's training tasks do).
 
 Objectives: `contrastive` (CLAP pre-training or fine-tuning, `contrastive.py`) and `classification` (LAION's linear
-probe / fine-tune, `classification.py`). A new one subclasses `TrainingObjective` and is named in `OBJECTIVES`.
+probe / fine-tune, `classification.py`). A new one subclasses `TrainingObjective` in a module of its own and joins the
+registry with `@register_objective(name)`, `name` being one of `recipe.OBJECTIVES` (recipes are checked against those
+names before any objective is imported). This module imports no objective, since each imports it; `train.py` imports
+them all, which registers them.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .recipe import Recipe
+from .recipe import OBJECTIVES, Recipe, RecipeError
 
 
 class TrainingObjective:
@@ -70,10 +74,29 @@ class TrainingObjective:
         raise NotImplementedError
 
 
+# name -> class, filled as the objective modules are imported.
+_REGISTERED: dict[str, type[TrainingObjective]] = {}
+
+
+def register_objective(name: str) -> Callable[[type[TrainingObjective]], type[TrainingObjective]]:
+    """Class decorator: recipes with `objective: <name>` train with the decorated class."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"objective {name!r} is not one of recipe.OBJECTIVES {OBJECTIVES}: name it there first")
+
+    def register(cls: type[TrainingObjective]) -> type[TrainingObjective]:
+        if name in _REGISTERED:
+            raise ValueError(f"objective {name!r} is already registered, by {_REGISTERED[name].__qualname__}")
+        _REGISTERED[name] = cls
+        return cls
+
+    return register
+
+
 def objective_for(recipe: Recipe) -> TrainingObjective:
     """The objective a recipe names (`objective:`)."""
-    from .classification import ClassificationObjective
-    from .contrastive import ContrastiveObjective
-
-    objectives = {"contrastive": ContrastiveObjective, "classification": ClassificationObjective}
-    return objectives[recipe.objective](recipe)
+    if recipe.objective not in _REGISTERED:
+        raise RecipeError(
+            f"objective: {recipe.objective!r} is not a registered objective; registered: {sorted(_REGISTERED)} "
+            "(an objective registers when its module is imported, as clapforge.training.train does)"
+        )
+    return _REGISTERED[recipe.objective](recipe)

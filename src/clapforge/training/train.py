@@ -22,6 +22,9 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 
 from ..inference.precision import native_bf16
+
+# Imported for their `register_objective`: `objective_for` finds the objectives only once their modules have run.
+from . import classification, contrastive  # noqa: F401
 from .checkpoint import complete_checkpoints, resolve_resume, save_checkpoint
 from .objective import objective_for
 from .optim import build_optimizer, warmup_cosine
