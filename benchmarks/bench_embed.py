@@ -32,16 +32,17 @@ from torchcodec.encoders import AudioEncoder
 import clapforge
 from clapforge.convert import to_transformers_model
 from clapforge.data.shards import decode_audio
-from clapforge.inference.embedding import CPU_CLIPS_PER_CALL, audio_embeds, compile_audio_tower
-from clapforge.inference.loading import feature_extractor_of, load_model
+from clapforge.inference.engine import CPU_CLIPS_PER_CALL
+from clapforge.inference.loading import load_engine
 from clapforge.tools.embed import embed_files
-from clapforge.tools.index import read_index
+from clapforge.tools.embeddings_file import read_index
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Embed"
 GOAL = 3.0
-# (name, precision, compile) of each clapforge pipeline timed.
-PIPELINES = [("fp32", "fp32", False), ("bf16", "bf16", False), ("bf16-compile", "bf16", True)]
+# (name, precision, compile) of each clapforge pipeline timed; "default" is `clapforge embed` with no flag.
+PIPELINES = [("default", "auto", False), ("fp32", "fp32", False), ("bf16", "bf16", False),
+             ("bf16-compile", "bf16", True)]
 
 
 def make_folder(folder: Path, n: int, seconds: float = 10.0, sr: int = 44100) -> list[Path]:
@@ -82,17 +83,15 @@ def transformers_loop(paths: list[Path], extractor, model, batch_size: int) -> t
 
 def audio_tower_rate(model_dir: Path, clip: Path, batch_size: int, rounds: int) -> float:
     """files/s of the bf16 compiled audio tower alone on ready features of `clip`: what no pipeline can beat."""
-    model, processor = load_model(model_dir)
-    extractor = feature_extractor_of(processor)
+    engine = load_engine(model_dir, device="cpu", precision="bf16", compile=True)  # the embed runs' graphs
+    extractor = engine.feature_extractor
     audio = decode_audio(clip, extractor.sampling_rate)
     features = extractor([audio] * batch_size, sampling_rate=extractor.sampling_rate)
-    compiled = compile_audio_tower(model)  # the graphs compiled by the embed runs are reused
     times = []
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        for _ in range(rounds + 1):
-            start = time.perf_counter()
-            audio_embeds(model, features["input_features"], features["is_longer"], compiled)
-            times.append(time.perf_counter() - start)
+    for _ in range(rounds + 1):
+        start = time.perf_counter()
+        engine.embed_features(features["input_features"], features["is_longer"])
+        times.append(time.perf_counter() - start)
     return batch_size / statistics.median(times[1:])
 
 
@@ -133,14 +132,15 @@ def main() -> None:
 
         # Each round times every clapforge pipeline and the transformers loop, alternating.
         times: dict[str, list[float]] = {name: [] for name, _, _ in PIPELINES} | {"transformers": []}
-        embeds = {}
+        embeds, chosen = {}, {}
         for _ in range(args.rounds):
             for name, precision, compile in PIPELINES:
                 start = time.perf_counter()
-                embed_files(tmp / "model", tmp / "audio", tmp / f"{name}.parquet", batch_size=args.batch_size,
-                            num_workers=args.num_workers, overwrite=True, progress=False, precision=precision,
-                            compile=compile)
+                report = embed_files(tmp / "model", tmp / "audio", tmp / f"{name}.parquet", batch_size=args.batch_size,
+                                     num_workers=args.num_workers, overwrite=True, progress=False,
+                                     precision=precision, compile=compile)
                 times[name].append(time.perf_counter() - start)
+                chosen[name] = report.precision.precision
                 embeds[name] = read_index(tmp / f"{name}.parquet").embeddings
             start = time.perf_counter()
             reference = transformers_loop(paths, extractor, twin, args.batch_size)
@@ -150,6 +150,8 @@ def main() -> None:
                   for p, e in embeds.items()}
 
     load_end = os.getloadavg()
+    flags = Path("/proc/cpuinfo").read_text() if os.path.exists("/proc/cpuinfo") else ""
+    isa = "AMX + AVX-512 BF16" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else "AVX2"
     rate = {name: args.files / statistics.median(t) for name, t in times.items()}
     command = (
         f".venv/bin/python benchmarks/bench_embed.py --files {args.files} --batch-size {args.batch_size} "
@@ -158,9 +160,10 @@ def main() -> None:
     rows = ["| pipeline | files/s | speed-up | min cosine to transformers | goal >= 3x |", "|---|---|---|---|---|"]
     for name, precision, compile in PIPELINES:
         ratio = rate[name] / rate["transformers"]
-        flags = f"--precision {precision}" + (" --compile" if compile else "")
+        flags = (f" --precision {precision}" if precision != "auto" else "") + (" --compile" if compile else "")
+        what = f"`clapforge embed{flags}`" + (f" (no flag: auto chose {chosen[name]})" if precision == "auto" else "")
         rows.append(
-            f"| `clapforge embed {flags}` ({args.num_workers} DataLoader workers, batch {args.batch_size}) | "
+            f"| {what} ({args.num_workers} DataLoader workers, batch {args.batch_size}) | "
             f"{rate[name]:.2f} | {ratio:.1f}x | {cosine[name]:.5f} | {'met' if ratio >= GOAL else '**not met**'} |"
         )
     rows.append(
@@ -175,7 +178,7 @@ def main() -> None:
     beyond_tower = 1000 * (1 / rate["bf16-compile"] - 1 / tower_rate)
     text = (
         f"`{command}`, {datetime.date.today().isoformat()}, torch {torch.__version__}, transformers "
-        f"{transformers.__version__}, {args.threads} torch threads, {os.cpu_count()} CPUs, CPU only. "
+        f"{transformers.__version__}, {args.threads} torch threads, {os.cpu_count()} CPUs ({isa}), CPU only. "
         f"`os.getloadavg()` {tuple(round(x, 2) for x in load_start)} at the start, "
         f"{tuple(round(x, 2) for x in load_end)} at the end.\n\n"
         f"{args.files} files of 10 s (44.1 kHz stereo WAV), htsat-tiny with random weights, both decoding with "

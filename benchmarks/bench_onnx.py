@@ -49,7 +49,7 @@ from clapforge.inference.embedding import compile_audio_tower, embed_audio_batch
 from clapforge.inference.loading import load_model
 from clapforge.inference.onnx_backend import ONNX_DIR, OnnxClapModel, open_session
 from clapforge.tools.embed import embed_files
-from clapforge.tools.index import read_index
+from clapforge.tools.embeddings_file import read_index
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## ONNX backends"
@@ -278,7 +278,7 @@ def real_audio_parity(tmp: Path) -> list[str]:
 def demo_accuracy(tmp: Path) -> list[str]:
     """Parity and zero-shot top-1 of the demo model on its held-out test split: PyTorch fp32, ONNX fp32 and int8."""
     from clapforge.demo import held_out_examples
-    from clapforge.inference.prompts import DEFAULT_PROMPT, format_prompt
+    from clapforge.prompts import DEFAULT_PROMPT, format_prompt
 
     if not (DEMO / "config.json").is_file():
         return [f"- demo model: {DEMO} not found (run `make demo` first)"]

@@ -20,7 +20,7 @@ from clapforge.evaluation.mteb_bridge import T2A_TASK, ZERO_SHOT_TASK, model_ind
 from clapforge.evaluation.mteb_tasks import lossless_audio_bytes
 from clapforge.inference.embedding import embed_audio_batches, embed_texts
 from clapforge.inference.loading import load_model, tokenizer_of
-from clapforge.inference.prompts import format_prompt
+from clapforge.prompts import format_prompt
 from conftest import make_tokenizer, randomize_
 
 PROMPT = "A recording of {label}."  # not the default: the prompt must reach mteb's candidate labels

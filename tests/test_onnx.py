@@ -21,7 +21,7 @@ from clapforge.modeling_clap.configuration_laion_clap import LaionClapConfig, Pa
 from clapforge.modeling_clap.modeling_laion_clap import LaionClapModel
 from clapforge.tools import api
 from clapforge.tools.embed import embed_files
-from clapforge.tools.index import read_index
+from clapforge.tools.embeddings_file import read_index
 from conftest import make_tokenizer, randomize_, write_wav
 
 # fp32 graphs compute what PyTorch computes up to float rounding. int8 graphs of these tiny models with random weights
@@ -171,7 +171,7 @@ def test_embed_with_the_onnx_backend_writes_the_pytorch_index(exported, audio_fo
     torch_index, onnx_index = tmp_path / "torch.parquet", tmp_path / "onnx.parquet"
     assert cli_main(["embed", str(source), str(audio_folder), str(torch_index), "--quiet", "--batch-size", "2"]) == 0
     assert cli_main(["embed", str(out), str(audio_folder), str(onnx_index), "--quiet", "--batch-size", "2",
-                     "--backend", "onnx", "--num-workers", "1"]) == 0
+                     "--backend", "onnx", "--precision", "fp32", "--num-workers", "1"]) == 0
     a, b = read_index(torch_index), read_index(onnx_index)
     assert a.keys == b.keys and len(a) == 5
     assert cosines(a.embeddings.numpy(), b.embeddings.numpy()).min() >= 0.9999
@@ -181,7 +181,8 @@ def test_onnx_backend_fills_a_table_under_the_source_models_hash(exported, audio
 
     source, out = exported
     table = tmp_path / "clips.lance"
-    assert cli_main(["embed", str(out), str(audio_folder), str(table), "--quiet", "--backend", "onnx"]) == 0
+    assert cli_main(["embed", str(out), str(audio_folder), str(table), "--quiet", "--backend", "onnx",
+                     "--precision", "fp32"]) == 0
     # ONNX fp32 and PyTorch fp32 are one model at one precision: PyTorch may continue the table, embedding only the
     # new file.
     grown = Path(shutil.copytree(audio_folder, tmp_path / "grown"))
@@ -198,13 +199,13 @@ def test_python_api_and_classify_agree_across_backends(exported, audio_folder):
     source, out = exported
     files = sorted(audio_folder.glob("*.wav"))
     a = api.embed_audio(files, source)
-    b = api.embed_audio(files, out, backend="onnx")
+    b = api.embed_audio(files, out, backend="onnx", precision="fp32")
     assert cosines(a.numpy(), b.numpy()).min() >= FP32_COSINE
     labels = ["dog", "rain", "siren"]
     p_torch = api.classify(files, labels, source)
-    p_onnx = api.classify(files, labels, out, backend="onnx")
+    p_onnx = api.classify(files, labels, out, backend="onnx", precision="fp32")
     torch.testing.assert_close(p_onnx, p_torch, atol=1e-4, rtol=0)
-    hits = api.search(_index(source, audio_folder), text="a dog", model=out, backend="onnx", top_k=3)
+    hits = api.search(_index(source, audio_folder), text="a dog", model=out, backend="onnx", precision="fp32", top_k=3)
     reference = api.search(_index(source, audio_folder), text="a dog", model=source, top_k=3)
     assert [h["key"] for h in hits] == [r["key"] for r in reference]
 
@@ -223,7 +224,7 @@ def test_export_into_the_model_folder_serves_both_backends(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == sorted([*before, ONNX_DIR])
     clip = [sample_clips(48000, (2.0,))[0]]
     a = api.embed_audio(clip, folder, sampling_rate=48000)
-    b = api.embed_audio(clip, folder, sampling_rate=48000, backend="onnx")
+    b = api.embed_audio(clip, folder, sampling_rate=48000, backend="onnx", precision="fp32")
     assert cosines(a.numpy(), b.numpy()).min() >= FP32_COSINE
 
 
@@ -259,7 +260,7 @@ def test_a_graph_with_an_opset_onnxruntime_does_not_know_is_a_clear_error(broken
     graph.opset_import[0].version = 99
     onnx.save(graph, path)
     with pytest.raises(ValueError, match=r"(?s)cannot load .*audio_model\.onnx.*export again"):
-        api.embed_audio([sample_clips(48000, (1.0,))[0]], broken, sampling_rate=48000, backend="onnx")
+        api.embed_audio([sample_clips(48000, (1.0,))[0]], broken, sampling_rate=48000, backend="onnx", precision="fp32")
 
 
 def test_a_missing_graph_file_names_the_file(broken):
@@ -309,15 +310,16 @@ def test_int8_needs_an_int8_export_and_the_onnx_backend(tmp_path, exported):
 
 
 def test_auto_backend_runs_int8_in_onnx_runtime_and_the_rest_in_pytorch(tmp_path):
-    from clapforge.inference.loading import resolve_backend
+    from clapforge.inference.precision import choose_precision
 
     folder = _save(clapforge.create_model("test-tiny"), tmp_path / "model")
     assert cli_main(["export", str(folder), str(folder), "--quantize", "int8"]) == 0
-    assert resolve_backend("auto", "fp32") == "torch"  # measured: ONNX Runtime fp32 no faster end to end
-    assert isinstance(load_model(folder)[0], LaionClapModel)
-    assert resolve_backend("auto", "int8") == "onnx" and resolve_backend("auto", "bf16") == "torch"
+    # measured: ONNX Runtime fp32 no faster end to end, so fp32 runs in PyTorch
+    assert choose_precision("fp32", "cpu").backend == "torch"
+    assert isinstance(load_model(folder, precision="fp32")[0], LaionClapModel)
+    assert choose_precision("int8", "cpu").backend == "onnx" and choose_precision("bf16", "cpu").backend == "torch"
     assert isinstance(load_model(folder, precision="int8")[0], OnnxClapModel)
-    assert resolve_backend("onnx", "fp32") == "onnx"  # an explicit choice stands
+    assert choose_precision("fp32", "cpu", backend="onnx").backend == "onnx"  # an explicit choice stands
     audio = tmp_path / "audio"
     write_wav(audio / "a.wav", seed=1, seconds=0.5)
     # --compile is PyTorch's: int8 (so ONNX Runtime) with it is refused, naming the option.

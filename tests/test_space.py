@@ -53,7 +53,7 @@ def load_app_module():
 
 
 def test_space_prompt_is_clapforges_default():
-    from clapforge.inference.prompts import DEFAULT_PROMPT
+    from clapforge.prompts import DEFAULT_PROMPT
 
     assert load_app_module().DEFAULT_PROMPT == DEFAULT_PROMPT
 
@@ -480,3 +480,20 @@ def test_backend_onnx_serves_an_export_like_the_model(tmp_path):
         app.ClapDemo(str(tmp_path / "model"), precision="int8")
     with pytest.raises(ValueError, match="BACKEND must be torch or onnx"):
         app.ClapDemo(str(tmp_path / "model"), backend="tensorflow")
+
+
+def test_precision_bf16_runs_the_pytorch_towers_in_bf16(tmp_path):
+    """PRECISION=bf16 (BACKEND=torch): the Space's embeddings are the model's under bfloat16 autocast, not fp32."""
+    model, processor = build_model_folder(tmp_path / "model", logit_scale=30.0)
+    app = load_app_module()
+    clip = write_clips(tmp_path / "clips")["mono_16k.flac"]
+    bf16, fp32 = app.ClapDemo(str(tmp_path / "model"), precision="bf16"), app.ClapDemo(str(tmp_path / "model"))
+    audio = bf16.load_audio(str(clip))
+    features = processor.feature_extractor([audio], sampling_rate=bf16.sampling_rate, return_tensors="pt")
+    tokens = processor(text=CAPTIONS, return_tensors="pt")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected_audio = model.get_audio_embeds(features["input_features"], features.get("is_longer")).float()
+        expected_text = model.get_text_embeds(tokens["input_ids"], tokens["attention_mask"]).float()
+    torch.testing.assert_close(bf16.audio_embeds([audio]), expected_audio, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(bf16.text_embeds(CAPTIONS), expected_text, atol=1e-6, rtol=1e-5)
+    assert (bf16.audio_embeds([audio]) - fp32.audio_embeds([audio])).abs().max() > 1e-4

@@ -69,11 +69,12 @@ def held_out_examples(corpus: Path) -> tuple[list[dict], list[str]]:
 def evaluate_folder(folder: Path, corpus: Path, prompt: str, batch_size: int = 32) -> dict[str, float]:
     """Scores of the exported model folder on the test split (the folder as a user would load it)."""
     from .evaluation.evaluate import evaluate_clap
-    from .inference.loading import load_model, tokenizer_of
+    from .inference.loading import load_engine
 
-    model, processor = load_model(folder, device="cpu")
+    # fp32: the figures the demo reports are the model's own, on any CPU.
+    engine = load_engine(folder, device="cpu", precision="fp32")
     examples, class_names = held_out_examples(corpus)
-    return evaluate_clap(model, tokenizer_of(processor), examples, class_names, prompt=prompt, batch_size=batch_size)
+    return evaluate_clap(engine, None, examples, class_names, prompt=prompt, batch_size=batch_size)
 
 
 def format_table(metrics: dict[str, float]) -> str:

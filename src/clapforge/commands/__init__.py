@@ -5,6 +5,6 @@ classes, calls `run` and turns ValueError/FileNotFoundError into `clapforge <com
 
 These modules are imported to build the parser, so `clapforge --help` and argument errors cost what they import:
 at module level they import only the standard library and clapforge modules that do the same (`resources`, `demo`,
-`push`, `inference.prompts`); torch, transformers and the library code are imported inside `run`
+`push`, `prompts`); torch, transformers and the library code are imported inside `run`
 (tests/test_cli_startup.py checks it). A new command is a module here plus a line in `clapforge.cli.COMMANDS`.
 """

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from ..inference.prompts import DEFAULT_PROMPT
-from ._backend import add_backend_arguments
+from ..prompts import DEFAULT_PROMPT
+from ._backend import add_backend_arguments, describe_precision
 from ._format import format_table
 
 
@@ -21,15 +22,15 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference.loading import load_model
+    from ..inference.loading import load_engine
     from ..tools.api import classify
     from ..tools.embed_inputs import AudioItems, list_inputs
 
     labels = [label.strip() for label in args.labels.split(",") if label.strip()]
     if not labels:
         raise ValueError("--labels needs at least one label, e.g. --labels 'dog,rain,siren'")
-    loaded = load_model(args.model, backend=args.backend, precision=args.precision)
-    sr = getattr(loaded[1], "feature_extractor", loaded[1]).sampling_rate
+    engine = load_engine(args.model, backend=args.backend, precision=args.precision)
+    sr = engine.feature_extractor.sampling_rate
     audio, names, errors = [], [], []
     for name in args.files:
         items, _ = list_inputs(name)
@@ -43,10 +44,11 @@ def run(args: argparse.Namespace) -> int:
                 names.append(key)
     rows = []
     if audio:
-        probs = classify(audio, labels, loaded, prompt=args.prompt, sampling_rate=sr, batch_size=args.batch_size)
+        probs = classify(audio, labels, engine, prompt=args.prompt, sampling_rate=sr, batch_size=args.batch_size)
         for name, p in zip(names, probs.tolist(), strict=True):
             rows.append([name, labels[max(range(len(labels)), key=p.__getitem__)], *p])
         print(format_table(["file", "best", *labels], rows))
+        print(describe_precision(engine.choice), file=sys.stderr)  # stdout stays the table
     if errors:
         print(f"{len(errors)} file(s) could not be read and were skipped:")
         print(format_table(["file", "reason"], errors))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._backend import add_backend_arguments
+from ._backend import add_backend_arguments, describe_precision
 from ._format import format_table
 
 
@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if not report.main_process:
         return 0
+    if report.precision is not None:
+        print(describe_precision(report.precision))
     if report.up_to_date:
         print(f"{out} is up to date ({report.embedded} embeddings); --overwrite to redo it")
     elif report.removed or args.index or out.rstrip("/").endswith(".lance"):

@@ -74,6 +74,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="DataLoader workers decoding audio (default min(4, CPUs); 0 decodes in this process)",
     )
     parser.add_argument("--device", help="torch device (default cuda if available, else cpu)")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "auto", "bf16", "int8"],
+        default="fp32",
+        help="fp32 (default: scores comparable across machines, as the paper reports them); auto, bf16 or int8 "
+        "as for `clapforge embed` (within cosine 0.999 of fp32, faster)",
+    )
     parser.add_argument("--model-name", help="the model's name in tables and the model-index (default: MODEL)")
     parser.add_argument("--out", help="write results JSON here, plus <stem>.md and <stem>.model-index.yaml")
     parser.add_argument("--results-dir", help="--benchmark: where mteb writes its result files (default "
@@ -103,8 +110,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--results-dir and --overwrite apply to --benchmark only")
     from ..data.benchmark_sets import load_benchmark
     from ..evaluation.tasks import markdown_table, run_benchmark, write_results
-    from ..inference.loading import load_model, tokenizer_of
-    from ..inference.prompts import DEFAULT_PROMPT, format_prompt
+    from ..inference.loading import load_engine, tokenizer_of
+    from ..prompts import DEFAULT_PROMPT, format_prompt
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -121,13 +128,13 @@ def run(args: argparse.Namespace) -> int:
         label_column=args.label_column,
         audio_column=args.audio_column,
     )
-    model, processor = load_model(args.model, args.device)
-    processor = tokenizer_of(processor)  # every task embeds text (prompts or captions)
+    engine = load_engine(args.model, args.device, precision=args.precision)
+    tokenizer_of(engine.processor)  # every task embeds text (prompts or captions): no tokenizer fails now
     local = os.path.isdir(args.model)
     name = args.model_name or (os.path.basename(os.path.abspath(args.model)) if local else args.model)
     results = run_benchmark(
-        model,
-        processor,
+        engine,
+        None,
         benchmark,
         model_name=name,
         prompts=args.prompts or [DEFAULT_PROMPT],
@@ -154,7 +161,7 @@ def run_mteb_benchmark(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..evaluation.mteb_bridge import SYNTHETIC, markdown_summary, run_mteb, write_mteb_results
-    from ..inference.prompts import DEFAULT_PROMPT, format_prompt
+    from ..prompts import DEFAULT_PROMPT, format_prompt
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")

@@ -52,7 +52,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write_json
-from ..inference.prompts import DEFAULT_PROMPT
+from ..prompts import DEFAULT_PROMPT
 from .shards import SAMPLE_RATE, ShardWriter, encode_flac, write_sizes
 from .synth_sounds import EVENT_TYPES, EventDraw, render_clip
 

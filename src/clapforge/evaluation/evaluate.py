@@ -10,13 +10,14 @@ from typing import Any
 
 import torch
 
-from ..inference.embedding import embed_audio_batches, embed_texts
-from ..inference.prompts import DEFAULT_PROMPT, format_prompt
+from ..inference.engine import EmbeddingEngine, as_engine
+from ..inference.zero_shot import class_embeddings
+from ..prompts import DEFAULT_PROMPT
 from .metrics import chance_levels, retrieval_metrics, zero_shot_accuracy
 
 
 def evaluate_clap(
-    model: torch.nn.Module,
+    model: torch.nn.Module | EmbeddingEngine,
     processor: Any,
     examples: Iterable[Mapping[str, Any]],
     class_names: Sequence[str] | None = None,
@@ -25,12 +26,15 @@ def evaluate_clap(
     ks: Sequence[int] = (1, 5, 10),
     zero_shot_ks: Sequence[int] = (1, 5),
     autocast_dtype: torch.dtype | None = None,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Retrieval and zero-shot scores of `model` on `examples`, with the chance level of each.
 
     Args:
-        model: a `LaionClapModel` (anything with `get_audio_embeds` and `get_text_embeds`).
-        processor: a `LaionClapProcessor`.
+        model: an `EmbeddingEngine`, or a `LaionClapModel` (anything with `get_audio_embeds` and `get_text_embeds`)
+            run by an engine at `precision` (fp32 by default: training validation and the demo report fp32 scores;
+            `autocast_dtype=torch.bfloat16` is the older spelling of precision "bf16").
+        processor: a `LaionClapProcessor` (ignored with an engine, which has its own).
         examples: dicts in the stream format of `clapforge.data.stream` ({"key", "audio", "sampling_rate",
             "captions", "labels"}), read once and lazily; every example must have the same `sampling_rate`.
         class_names: the zero-shot label set. Clips whose first label is one of them are classified among all of
@@ -43,6 +47,7 @@ def evaluate_clap(
         (see `retrieval_metrics`); `zero_shot_top{k}` when `class_names` is given (k > K omitted); `n_clips`,
         `n_captions` (and `n_zero_shot`, `n_classes`); and `chance/<metric>` for each metric.
     """
+    engine = as_engine(model, processor, "bf16" if autocast_dtype == torch.bfloat16 else precision)
     stream = iter(examples)
     first = next(stream, None)
     if first is None:
@@ -68,8 +73,8 @@ def evaluate_clap(
             first_labels.append(labels[0] if labels else None)
             yield example["audio"]
 
-    audio_embeds = embed_audio_batches(model, processor, clips(), batch_size, sampling_rate, autocast_dtype)  # (N, E)
-    text_embeds = embed_texts(model, processor, captions, batch_size, autocast_dtype)  # (N_t, E)
+    audio_embeds = engine.embed_audio(clips(), sampling_rate, batch_size)  # (N, E)
+    text_embeds = engine.embed_text(captions, batch_size)  # (N_t, E)
     text_to_audio = torch.tensor(caption_clip, dtype=torch.long)  # (N_t,)
 
     out = retrieval_metrics(audio_embeds, text_embeds, text_to_audio, ks=ks)
@@ -78,14 +83,11 @@ def evaluate_clap(
 
     if class_names is not None:
         index = {name: k for k, name in enumerate(class_names)}
-        if len(index) != len(class_names):
-            raise ValueError("class_names holds duplicates")
         rows = [i for i, label in enumerate(first_labels) if label in index]
         if not rows:
             raise ValueError(f"no example's first label is one of the {len(class_names)} class_names")
         targets = torch.tensor([index[first_labels[i]] for i in rows], dtype=torch.long)  # (N',)
-        class_embeds = embed_texts(model, processor, [format_prompt(prompt, name) for name in class_names],
-                                   batch_size, autocast_dtype)  # (K, E)
+        class_embeds = class_embeddings(engine, class_names, [prompt], batch_size)  # (K, E)
         picked = audio_embeds[torch.tensor(rows, device=audio_embeds.device)]  # (N', E)
         accuracy = zero_shot_accuracy(picked, class_embeds, targets, ks=zero_shot_ks)
         out.update({f"zero_shot_{key}": value for key, value in accuracy.items()})

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..inference.prompts import DEFAULT_PROMPT
+from ..prompts import DEFAULT_PROMPT
 from .mteb_model import model_meta
 from .mteb_tasks import SYNTHETIC, T2A_TASK, ZERO_SHOT_TASK, synthetic_tasks
 

@@ -1,7 +1,7 @@
 """A split of a clapforge corpus as MTEB tasks (zero-shot audio classification, text-to-audio retrieval).
 
 Local tasks: `synthetic_tasks(corpus)` turns a split of a clapforge corpus with a labels.json (`clapforge synth`
-writes one) into a zero-shot audio classification task (the class prompts `format_prompt(prompt, name)`) and a
+writes one) into a zero-shot audio classification task (the class prompts of `inference.zero_shot.class_prompts`) and a
 text-to-audio retrieval task (every caption a query, its own clip the one relevant document). Their audio goes to
 mteb as the `datasets` Audio column mteb's own tasks have, encoded losslessly (16-bit FLAC when the samples are on
 the 16-bit grid, as clapforge's shards are, else 32-bit float WAV), so mteb decodes exactly the samples
@@ -16,7 +16,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from ..inference.prompts import DEFAULT_PROMPT, format_prompt
+from ..inference.zero_shot import class_prompts
+from ..prompts import DEFAULT_PROMPT
 from .mteb_model import _digest
 
 SYNTHETIC = "synthetic"  # the `--benchmark` name of the two local tasks
@@ -49,7 +50,7 @@ def synthetic_tasks(corpus_dir: str | os.PathLike, split: str = "test", prompt: 
     if not (corpus / split).is_dir():
         raise FileNotFoundError(f"{corpus} has no {split}/ split")
     class_names, _ = read_labels_table(corpus / "labels.json")
-    candidates = [format_prompt(prompt, name) for name in class_names]
+    candidates = class_prompts(class_names, prompt)
     data_digest = _corpus_digest(corpus, split)
     common = {
         "eval_splits": [split],

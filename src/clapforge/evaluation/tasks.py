@@ -4,8 +4,9 @@ Shapes: N clips, N_t captions, K classes, P prompt templates, E joint embedding.
 
 Audio is decoded with `clapforge.data.shards.decode_audio` (48 kHz mono, the channel mean) in DataLoader workers,
 in clip order; a clip that does not decode (missing, empty, corrupt) is logged, skipped and listed in the results.
-Embedding goes through `embed_audio_batches` / `embed_texts` (eval mode, the feature extractor's deterministic crop
-or fusion views, so scores are reproducible), scoring through `metrics.py`.
+Embedding goes through an `EmbeddingEngine` (eval mode, the feature extractor's deterministic crop or fusion views,
+so scores are reproducible; fp32 unless the caller passes an engine at another precision), class embeddings through
+`inference.zero_shot`, scoring through `metrics.py`.
 
 Zero-shot classification: a class's text embedding is the mean of the L2-normalised embeddings of its prompts, one
 per template (the prompt ensembling of CLIP, Radford et al. 2021, sec. 3.1.4); with one template that is just its
@@ -28,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..atomic import atomic_write_json, atomic_write_text
 from ..data.benchmark_sets import RETRIEVAL, ZERO_SHOT, Benchmark
 from ..data.shards import SAMPLE_RATE, decode_audio
-from ..inference.embedding import embed_audio_batches, embed_texts
-from ..inference.prompts import DEFAULT_PROMPT, format_prompt
+from ..inference.engine import EmbeddingEngine, as_engine
+from ..inference.zero_shot import class_embeddings as engine_class_embeddings
+from ..prompts import DEFAULT_PROMPT
 from .metrics import A2T_MAP_VARIANTS, chance_levels, retrieval_metrics, zero_shot_accuracy
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class DecodedClips(torch.utils.data.Dataset):
 
 
 def embed_benchmark_audio(
-    model: torch.nn.Module,
+    model: torch.nn.Module | EmbeddingEngine,
     processor: Any,
     benchmark: Benchmark,
     batch_size: int = 16,
@@ -89,7 +90,8 @@ def embed_benchmark_audio(
     """(N', E) embeddings of the clips that decode, their indices into `benchmark.clips`, and the skipped clips."""
     from tqdm.auto import tqdm
 
-    sample_rate = getattr(getattr(processor, "feature_extractor", processor), "sampling_rate", SAMPLE_RATE)
+    engine = as_engine(model, processor)
+    sample_rate = getattr(engine.feature_extractor, "sampling_rate", SAMPLE_RATE)
     loader = torch.utils.data.DataLoader(
         DecodedClips(benchmark, sample_rate), batch_size=batch_size, num_workers=num_workers, collate_fn=list
     )
@@ -110,7 +112,7 @@ def embed_benchmark_audio(
                         yield audio
                 bar.update(len(batch))
 
-    embeds = embed_audio_batches(model, processor, decoded(), batch_size, sample_rate)  # (N', E)
+    embeds = engine.embed_audio(decoded(), sample_rate, batch_size)  # (N', E)
     if not kept:
         raise ValueError(f"no clip of {benchmark.dataset} could be decoded ({len(skipped)} skipped; first: "
                          f"{skipped[0]['reason'] if skipped else 'none listed'})")
@@ -118,18 +120,19 @@ def embed_benchmark_audio(
 
 
 def class_embeddings(
-    model: torch.nn.Module, processor: Any, class_names: Sequence[str], prompts: Sequence[str], batch_size: int = 64
+    model: torch.nn.Module | EmbeddingEngine,
+    processor: Any,
+    class_names: Sequence[str],
+    prompts: Sequence[str],
+    batch_size: int = 64,
 ) -> torch.Tensor:
-    """(K, E) one L2-normalised text embedding per class: the mean over templates of the normalised prompts."""
-    per_template = []
-    for template in prompts:
-        texts = [format_prompt(template, name) for name in class_names]
-        per_template.append(F.normalize(embed_texts(model, processor, texts, batch_size), dim=-1))  # (K, E)
-    return F.normalize(torch.stack(per_template).mean(0), dim=-1)  # (K, E)
+    """(K, E) one L2-normalised text embedding per class: `inference.zero_shot.class_embeddings` (the mean over
+    templates of the normalised prompts) of an engine, or of a model at fp32."""
+    return engine_class_embeddings(as_engine(model, processor), class_names, prompts, batch_size)
 
 
 def run_benchmark(
-    model: torch.nn.Module,
+    model: torch.nn.Module | EmbeddingEngine,
     processor: Any,
     benchmark: Benchmark,
     *,
@@ -143,7 +146,8 @@ def run_benchmark(
     """Embed and score `benchmark`; returns the results dict that `write_results` saves (see `results_json`)."""
     if a2t_map not in A2T_MAP_VARIANTS:
         raise ValueError(f"a2t_map must be one of {A2T_MAP_VARIANTS}, got {a2t_map!r}")
-    audio, kept, skipped = embed_benchmark_audio(model, processor, benchmark, batch_size, num_workers, progress)
+    engine = as_engine(model, processor)
+    audio, kept, skipped = embed_benchmark_audio(engine, None, benchmark, batch_size, num_workers, progress)
     clips = [benchmark.clips[i] for i in kept]
     results: dict[str, Any] = {
         "model": model_name,
@@ -156,7 +160,7 @@ def run_benchmark(
     }
     n = {"listed": len(benchmark.clips), "clips": len(clips), "skipped": len(skipped)}
     protocol: dict[str, Any] = {"sample_rate": SAMPLE_RATE, "channels": "mono (mean of channels)",
-                                "long_audio": _long_audio_policy(model, processor)}
+                                "long_audio": _long_audio_policy(engine), "precision": engine.precision}
     if benchmark.kind == ZERO_SHOT:
         prompts = list(prompts) or [DEFAULT_PROMPT]
         names = benchmark.class_names or []
@@ -165,7 +169,7 @@ def run_benchmark(
         if unknown:
             raise ValueError(f"labels {unknown[:5]} are not among the {len(names)} class names")
         targets = torch.tensor([index[c.label] for c in clips])  # (N',)
-        classes = class_embeddings(model, processor, names, prompts, max(batch_size, 64))  # (K, E)
+        classes = engine_class_embeddings(engine, names, prompts, max(batch_size, 64))  # (K, E)
         scores = {f"zero_shot_{k}": v for k, v in zero_shot_accuracy(audio, classes, targets, ZERO_SHOT_KS).items()}
         chance_ks = chance_levels(n_classes=len(names), zero_shot_ks=ZERO_SHOT_KS)
         chance = {f"zero_shot_{k}": v for k, v in chance_ks.items()}
@@ -186,7 +190,7 @@ def run_benchmark(
             raise ValueError(f"{len(captionless)} clips have no caption, e.g. {captionless[0]!r}")
         captions = [text for c in clips for text in c.captions]
         text_to_audio = torch.tensor([i for i, c in enumerate(clips) for _ in c.captions])  # (N_t,)
-        text = embed_texts(model, processor, captions, max(batch_size, 64))  # (N_t, E)
+        text = engine.embed_text(captions, max(batch_size, 64))  # (N_t, E)
         scores = retrieval_metrics(audio, text, text_to_audio, RETRIEVAL_KS, MAP_K, a2t_map=a2t_map)
         other = next(v for v in A2T_MAP_VARIANTS if v != a2t_map)
         other_value = retrieval_metrics(audio, text, text_to_audio, RETRIEVAL_KS, MAP_K, a2t_map=other)
@@ -211,9 +215,9 @@ def run_benchmark(
     return results
 
 
-def _long_audio_policy(model: torch.nn.Module, processor: Any) -> str:
-    fe = getattr(processor, "feature_extractor", processor)
-    fusion = " with fusion" if getattr(model.config, "enable_fusion", False) else ""
+def _long_audio_policy(engine: EmbeddingEngine) -> str:
+    fe = engine.feature_extractor
+    fusion = " with fusion" if getattr(engine.config, "enable_fusion", False) else ""
     return (f"{getattr(fe, 'max_length_s', 10)} s input{fusion}; truncation {getattr(fe, 'truncation', '?')} "
             f"(deterministic, no random crop), padding {getattr(fe, 'padding', '?')}")
 

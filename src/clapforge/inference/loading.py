@@ -1,4 +1,4 @@
-"""Loading a model and its processor: one loader, cached per process and device."""
+"""Loading a model and its processor (one loader, cached per process and device), and the embedding engine over them."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ from typing import Any
 
 import torch
 
-from .onnx_backend import ONNX_PRECISIONS, OnnxClapModel
+from .engine import EmbeddingEngine, feature_extractor_of, tokenizer_of
+from .onnx_backend import MANIFEST, ONNX_DIR, OnnxClapModel, read_manifest
+from .precision import BACKENDS, PrecisionChoice, check_backend, choose_precision
 
 ModelLike = str | os.PathLike | tuple[Any, Any]
 
-_LOADED: dict[tuple[str, str, tuple], tuple[Any, Any]] = {}
+_LOADED: dict[tuple, tuple[Any, Any]] = {}
+_ENGINES: dict[tuple, EmbeddingEngine] = {}
 
 
 def model_reference(model: str | os.PathLike) -> str:
@@ -21,37 +24,22 @@ def model_reference(model: str | os.PathLike) -> str:
     return str(path.resolve()) if path.is_dir() else str(model)
 
 
-BACKENDS = ("auto", "torch", "onnx")
-# The precisions each backend runs: torch in float32 or under bfloat16 autocast, ONNX Runtime the fp32 graphs or the
-# int8 ones (`clapforge export --quantize int8`).
-BACKEND_PRECISIONS = {"torch": ("fp32", "bf16"), "onnx": ONNX_PRECISIONS}
+__all__ = ["BACKENDS", "check_backend", "feature_extractor_of", "load_engine", "load_model", "model_reference",
+           "tokenizer_of", "weights_hash"]
 
-
-def resolve_backend(backend: str, precision: str) -> str:
-    """The backend `"auto"` stands for: the one that runs the precision, and PyTorch for fp32.
-
-    From the measurement (benchmarks/RESULTS.md "ONNX backends", 2 AVX2 cores without bf16 kernels): ONNX Runtime's
-    fp32 graphs ran the htsat-tiny tower 1.1x faster than PyTorch fp32 eager but `clapforge embed` end to end no
-    faster, so fp32 stays in PyTorch (which also runs on GPUs); int8 exists only as ONNX graphs (ONNX Runtime, CPU)
-    and bf16 only in PyTorch. An explicit backend is returned as given."""
-    if backend != "auto":
-        return backend
-    return "onnx" if precision == "int8" else "torch"
-
-
-def check_backend(backend: str, precision: str = "fp32") -> None:
-    """Refuse an unknown backend, or a precision the backend does not run, naming what it does run."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        if not any(precision in runs for runs in BACKEND_PRECISIONS.values()):
-            raise ValueError(f"precision must be fp32, bf16 or int8, got {precision!r}")
-        return
-    if precision not in BACKEND_PRECISIONS[backend]:
-        raise ValueError(
-            f"precision {precision!r} is not run by the {backend} backend: it runs {BACKEND_PRECISIONS[backend]}"
-            + (" (int8 needs --backend onnx and an export made with --quantize int8)" if precision == "int8" else "")
-        )
+def choose(
+    model: str | os.PathLike, device: str | torch.device | None = None, backend: str = "auto", precision: str = "auto"
+) -> tuple[PrecisionChoice, torch.device]:
+    """The precision and backend `load_engine` runs a folder or Hub id with, and the device (see
+    `inference.precision.choose_precision`); refuses a backend that cannot run an explicit precision."""
+    check_backend(backend, precision)
+    wants_gpu = backend != "onnx" and precision != "int8"
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() and wants_gpu else "cpu"))
+    choice = choose_precision(precision, device, backend, int8_export=has_int8_export(model))
+    check_backend(choice.backend, choice.precision)
+    if choice.backend == "onnx" and device.type != "cpu":
+        raise ValueError(f"the onnx backend runs on the CPU (ONNX Runtime's CPU provider), not on {device}")
+    return choice, device
 
 
 def load_model(
@@ -61,19 +49,46 @@ def load_model(
     a `(model, processor)` pair is returned as is.
 
     The processor is a `LaionClapProcessor`, or the bare `LaionClapFeatureExtractor` for a folder saved without a
-    tokenizer (enough to embed audio; `tokenizer_of` refuses it for text). `backend="onnx"` loads a folder written by
-    `clapforge export` as an `OnnxClapModel` (ONNX Runtime on the CPU) at `precision` "fp32" or "int8"; for torch,
-    `precision` is applied when the model runs (bf16 autocast), not here. `"auto"`: see `resolve_backend`.
+    tokenizer (enough to embed audio). The model is a `LaionClapModel` in PyTorch, or an `OnnxClapModel` (ONNX Runtime
+    on the CPU) for a folder written by `clapforge export` when the backend is onnx: asked for, or chosen by
+    `precision` (int8, or "auto" on a CPU without bf16 kernels beside an int8 export). A precision is applied when
+    the model runs (`load_engine` and its `EmbeddingEngine`), not here.
     """
     if isinstance(model, tuple):
         if len(model) != 2:
             raise ValueError("model must be a folder, a Hub id or a (model, processor) pair")
         return model
-    backend = resolve_backend(backend, precision)
-    check_backend(backend, precision)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() and backend == "torch" else "cpu"))
-    if backend == "onnx" and device.type != "cpu":
-        raise ValueError(f"the onnx backend runs on the CPU (ONNX Runtime's CPU provider), not on {device}")
+    choice, device = choose(model, device, backend, precision)
+    return _load(model, device, choice.backend, choice.precision)
+
+
+def load_engine(
+    model: ModelLike | EmbeddingEngine,
+    device: str | torch.device | None = None,
+    backend: str = "auto",
+    precision: str = "auto",
+    compile: bool = False,
+) -> EmbeddingEngine:
+    """The `EmbeddingEngine` for a folder, a Hub id or a `(model, processor)` pair, at `precision` ("auto": the
+    fastest faithful precision on the device, `inference.precision`). Engines of folders and Hub ids are cached per
+    process like their models, so a compiled graph is compiled once; a pair gets a new engine (hold it to reuse its
+    compiled graph). An engine is returned as is."""
+    if isinstance(model, EmbeddingEngine):
+        return model
+    if isinstance(model, tuple):
+        loaded, processor = load_model(model)
+        return EmbeddingEngine.wrap(loaded, processor, precision=precision, compile=compile)
+    # compile is PyTorch's: "auto" then picks among PyTorch's precisions (an explicit int8 is refused by the engine).
+    torch_only = compile and backend == "auto" and precision == "auto"
+    choice, device = choose(model, device, "torch" if torch_only else backend, precision)
+    loaded, processor = _load(model, device, choice.backend, choice.precision)
+    key = (id(loaded), choice, compile)
+    if key not in _ENGINES:
+        _ENGINES[key] = EmbeddingEngine(loaded, processor, choice, compile=compile)
+    return _ENGINES[key]
+
+
+def _load(model: str | os.PathLike, device: torch.device, backend: str, precision: str) -> tuple[Any, Any]:
     name = model_reference(model)
     cache_key = (name, str(device), backend, precision if backend == "onnx" else "", _weights_stamp(name))
     if cache_key not in _LOADED:
@@ -94,6 +109,17 @@ def load_model(
     return _LOADED[cache_key]
 
 
+def has_int8_export(model: str | os.PathLike) -> bool:
+    """Whether a local folder is a `clapforge export` with int8 graphs (a Hub id is not looked up: False)."""
+    folder = Path(model).expanduser()
+    if not (folder / ONNX_DIR / MANIFEST).is_file():
+        return False
+    try:
+        return "int8" in read_manifest(folder).get("precisions", [])
+    except (ValueError, OSError):
+        return False  # a damaged manifest: the backend that loads it says why, if it is asked for
+
+
 def _weights_stamp(name: str) -> tuple:
     """Size and modification time of a local folder's weights: a folder written again (a new training run into the
     same output folder) is loaded again, not served stale from the cache. Hub ids: ()."""
@@ -102,18 +128,6 @@ def _weights_stamp(name: str) -> tuple:
         return ()
     weights = [*folder.glob("*.safetensors"), *folder.glob("onnx/*.onnx")]
     return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(weights))
-
-
-def feature_extractor_of(processor: Any) -> Any:
-    """The feature extractor of a processor (or the extractor itself)."""
-    return getattr(processor, "feature_extractor", processor)
-
-
-def tokenizer_of(processor: Any) -> Any:
-    """The processor, checked to hold a tokenizer (a folder saved without one can only embed audio)."""
-    if getattr(processor, "tokenizer", None) is None:
-        raise ValueError("this model folder has no tokenizer: text needs a model saved with its tokenizer")
-    return processor
 
 
 def weights_hash(model: torch.nn.Module) -> str:

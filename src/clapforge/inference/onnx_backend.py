@@ -96,7 +96,9 @@ def open_session(path: Path, threads: int | None = None) -> Any:
 
 class OnnxClapModel(torch.nn.Module):
     """A CLAP model whose towers run in ONNX Runtime sessions (opened at first use: text-only work never loads the
-    audio graph). A `torch.nn.Module` without parameters, so that the embedding loops can treat it as a model."""
+    audio graph). A `torch.nn.Module` without parameters, so that the embedding engine can treat it as a model."""
+
+    is_onnx = True  # what `EmbeddingEngine.wrap` reads: this model runs on the onnx backend
 
     def __init__(self, folder: str | os.PathLike, precision: str = "fp32", threads: int | None = None) -> None:
         super().__init__()

@@ -11,8 +11,9 @@ TABLE (optional: a LanceDB table written by `clapforge embed MODEL INPUT OUT.lan
 object storage, made with this MODEL; the search tab then ranks its rows instead of the gallery, through the table's
 ANN index when it has one; needs `lancedb` installed, imported only then), BACKEND (`torch`, the default, or
 `onnx`: MODEL is then a folder written by `clapforge export MODEL OUT --format onnx`, or a model folder holding its
-`onnx/` graphs, and ONNX Runtime runs the two towers; needs `onnxruntime`), PRECISION (with BACKEND=onnx: `fp32`, the
-default, or `int8` for an export made with `--quantize int8`).
+`onnx/` graphs, and ONNX Runtime runs the two towers; needs `onnxruntime`), PRECISION (`fp32`, the default; with
+BACKEND=torch also `bf16`, bfloat16 autocast, faster on hardware with bf16 kernels; with BACKEND=onnx also `int8`
+for an export made with `--quantize int8`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ MAX_SECONDS = float(os.environ.get("MAX_SECONDS", "120"))
 MAX_FILE_SIZE = os.environ.get("MAX_FILE_SIZE", "20mb")
 CONCURRENCY = int(os.environ.get("CONCURRENCY", "2"))
 QUEUE_SIZE = int(os.environ.get("QUEUE_SIZE", "64"))
-# The one copy outside clapforge.inference.prompts: a Space runs without clapforge (tests/test_space.py checks both).
+# The one copy outside clapforge.prompts: a Space runs without clapforge (tests/test_space.py checks both).
 DEFAULT_PROMPT = "This is a sound of {label}."
 EXAMPLES_DIR = Path(__file__).parent / "examples"
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".aiff", ".aif"}
@@ -176,8 +177,8 @@ class OnnxTowers:
 def load_towers(model_path: str, backend: str, precision: str) -> Any:
     """The model (BACKEND=torch) or the ONNX towers (BACKEND=onnx); a ValueError for any other setting."""
     if backend == "torch":
-        if precision != "fp32":
-            raise ValueError(f"PRECISION={precision} needs BACKEND=onnx (the PyTorch model runs in fp32 here)")
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"PRECISION={precision} needs BACKEND=onnx (the PyTorch model runs in fp32 or bf16)")
         return AutoModel.from_pretrained(model_path, trust_remote_code=True).eval()
     if backend == "onnx":
         if precision not in ("fp32", "int8"):
@@ -193,6 +194,8 @@ class ClapDemo:
                  precision: str = "fp32") -> None:
         self.processor = load_processor(model_path)
         self.model = load_towers(model_path, backend, precision)
+        # bf16 runs the PyTorch towers under autocast (clapforge's `EmbeddingEngine.running` does the same).
+        self.bf16 = backend == "torch" and precision == "bf16"
         self.sampling_rate = int(self.processor.feature_extractor.sampling_rate)
         # A fast tokenizer is not safe to call from two threads at once ("Already borrowed"); the model is.
         self._tokenizer_lock = threading.Lock()
@@ -234,13 +237,15 @@ class ClapDemo:
     @torch.no_grad()
     def audio_embeds(self, clips: list[torch.Tensor]) -> torch.Tensor:
         features = self.processor.feature_extractor(clips, sampling_rate=self.sampling_rate, return_tensors="pt")
-        return self.model.get_audio_embeds(features["input_features"], features.get("is_longer"))  # (N, E)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            return self.model.get_audio_embeds(features["input_features"], features.get("is_longer")).float()  # (N, E)
 
     @torch.no_grad()
     def text_embeds(self, texts: list[str]) -> torch.Tensor:
         with self._tokenizer_lock:
             tokens = self.processor(text=texts, return_tensors="pt")
-        return self.model.get_text_embeds(tokens["input_ids"], tokens.get("attention_mask"))  # (T, E)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            return self.model.get_text_embeds(tokens["input_ids"], tokens.get("attention_mask")).float()  # (T, E)
 
     def gallery_embeds(self, paths: list[str]) -> torch.Tensor:
         """(N, E), cached per file (path, size, mtime): the built-in gallery is embedded once per process."""

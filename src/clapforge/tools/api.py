@@ -1,9 +1,11 @@
-"""Python API: embed audio and text, classify zero-shot, search an embeddings file.
+"""Python API: embed audio and text, classify zero-shot, search an embeddings file or a table.
 
-`model` is a clapforge model folder or Hub id (loaded once per process and cached by `inference.loading`) or an
-already loaded `(model, processor)` pair. `backend="onnx"` runs a folder written by `clapforge export` in ONNX Runtime
-(`precision` "fp32", or "int8" for an export made with `--quantize int8`), `"torch"` runs PyTorch, and the default
-`"auto"` takes ONNX Runtime for int8 and PyTorch otherwise (`inference.loading.resolve_backend`).
+`model` is a clapforge model folder or Hub id (loaded once per process and cached by `inference.loading`), an
+already loaded `(model, processor)` pair, or an `EmbeddingEngine`. `precision` is "auto" by default: the fastest
+precision whose embeddings stay within cosine 0.999 of fp32 on this machine (bf16 where the device has bf16 kernels,
+the int8 ONNX graphs of an export folder on a CPU without them, fp32 otherwise; `inference.precision`); "fp32",
+"bf16" and "int8" mean exactly that. `backend` "torch" or "onnx" (a folder written by `clapforge export`) narrows
+the choice; "auto" lets the precision decide. What "auto" chose is logged (logger `clapforge.inference.precision`).
 Shapes: N clips, T texts, K labels, E joint embedding.
 """
 
@@ -16,15 +18,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..inference.embedding import embed_audio_batches, embed_texts
-from ..inference.loading import ModelLike, feature_extractor_of, load_model, tokenizer_of
-from ..inference.prompts import DEFAULT_PROMPT, format_prompt
-from .index import EmbeddingIndex, read_index
+from ..inference.engine import EmbeddingEngine
+from ..inference.loading import ModelLike, load_engine, load_model
+from ..inference.zero_shot import zero_shot_probabilities
+from ..prompts import DEFAULT_PROMPT
+from .embeddings_file import EmbeddingIndex, read_index
 from .table import FILES, is_table, open_tables, table_settings
 from .table_search import search_table
 from .windows import best_window_per_file
 
+__all__ = ["classify", "embed_audio", "embed_text", "load_engine", "load_model", "search"]
+
 AudioLike = str | os.PathLike | np.ndarray | torch.Tensor
+ModelOrEngine = ModelLike | EmbeddingEngine
 
 
 def _as_list(items: Any) -> list[Any]:
@@ -37,11 +43,11 @@ def _as_list(items: Any) -> list[Any]:
 
 def embed_audio(
     paths_or_arrays: AudioLike | Sequence[AudioLike],
-    model: ModelLike,
+    model: ModelOrEngine,
     sampling_rate: int | None = None,
     batch_size: int = 16,
     backend: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> torch.Tensor:
     """(N, E) float32 L2-normalised audio embeddings on the CPU, in input order.
 
@@ -51,64 +57,65 @@ def embed_audio(
     """
     from ..data.shards import decode_audio
 
-    model, processor = load_model(model, backend=backend, precision=precision)
-    extractor = feature_extractor_of(processor)
     items = _as_list(paths_or_arrays)
     paths = [i for i, item in enumerate(items) if isinstance(item, str | os.PathLike)]
     arrays = [i for i in range(len(items)) if i not in set(paths)]
     if arrays and sampling_rate is None:
         raise ValueError("arrays need their sampling_rate, e.g. embed_audio(arrays, model, sampling_rate=16000)")
-    out = torch.empty(len(items), model.config.projection_dim)
+    engine = load_engine(model, backend=backend, precision=precision)
+    rate = engine.feature_extractor.sampling_rate
+    out = torch.empty(len(items), engine.config.projection_dim)
     if paths:
-        clips = (decode_audio(items[i], extractor.sampling_rate) for i in paths)
-        out[paths] = embed_audio_batches(model, extractor, clips, batch_size, extractor.sampling_rate).cpu()
+        clips = (decode_audio(items[i], rate) for i in paths)
+        out[paths] = engine.embed_audio(clips, rate, batch_size).cpu()
     if arrays:
-        clips = (items[i] for i in arrays)
-        out[arrays] = embed_audio_batches(model, extractor, clips, batch_size, sampling_rate).cpu()
+        out[arrays] = engine.embed_audio((items[i] for i in arrays), sampling_rate, batch_size).cpu()
     return out
 
 
 def embed_text(
-    texts: str | Sequence[str], model: ModelLike, batch_size: int = 64, backend: str = "auto", precision: str = "fp32"
+    texts: str | Sequence[str],
+    model: ModelOrEngine,
+    batch_size: int = 64,
+    backend: str = "auto",
+    precision: str = "auto",
 ) -> torch.Tensor:
     """(T, E) float32 L2-normalised text embeddings on the CPU, in input order."""
-    model, processor = load_model(model, backend=backend, precision=precision)
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    return embed_texts(model, tokenizer_of(processor), texts, batch_size).cpu()
+    engine = load_engine(model, backend=backend, precision=precision)
+    return engine.embed_text([texts] if isinstance(texts, str) else list(texts), batch_size).cpu()
 
 
 def classify(
     paths_or_arrays: AudioLike | Sequence[AudioLike],
     labels: Sequence[str],
-    model: ModelLike,
+    model: ModelOrEngine,
     prompt: str = DEFAULT_PROMPT,
     sampling_rate: int | None = None,
     batch_size: int = 16,
     backend: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> torch.Tensor:
-    """(N, K) zero-shot probabilities: softmax over labels of `logit_scale_a.exp() * cosine(audio, prompt(label))`."""
+    """(N, K) zero-shot probabilities: softmax over labels of `logit_scale_a.exp() * cosine(audio, prompt(label))`
+    (`inference.zero_shot`)."""
     if not labels:
         raise ValueError("classify needs at least one label")
-    loaded = load_model(model, backend=backend, precision=precision)
-    audio = embed_audio(paths_or_arrays, loaded, sampling_rate=sampling_rate, batch_size=batch_size)  # (N, E)
-    text = embed_text([format_prompt(prompt, label) for label in labels], loaded)  # (K, E)
-    scale = loaded[0].logit_scale_a.detach().exp().float().cpu()
-    return (scale * audio @ text.T).softmax(dim=-1)  # (N, K)
+    engine = load_engine(model, backend=backend, precision=precision)
+    audio = embed_audio(paths_or_arrays, engine, sampling_rate=sampling_rate, batch_size=batch_size)  # (N, E)
+    return zero_shot_probabilities(engine, audio, list(labels), [prompt]).cpu()  # (N, K)
 
 
 def search(
     index: EmbeddingIndex | str | os.PathLike,
     text: str | None = None,
     audio: AudioLike | None = None,
-    model: ModelLike | None = None,
+    model: ModelOrEngine | None = None,
     top_k: int = 10,
     windows: bool = False,
     sampling_rate: int | None = None,
     where: str | None = None,
     exact: bool = False,
     backend: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> list[dict[str, Any]]:
     """Nearest files of an embeddings file or a LanceDB table (OUT.lance) by cosine similarity to a text or audio query.
 
@@ -147,7 +154,7 @@ def search(
             for rank, i in enumerate(order.tolist())]
 
 
-def _query(text: str | None, audio: AudioLike | None, model: ModelLike | None, sampling_rate: int | None,
+def _query(text: str | None, audio: AudioLike | None, model: ModelOrEngine | None, sampling_rate: int | None,
            backend: str, precision: str) -> torch.Tensor:
     """(E,) L2-normalised embedding of the text or audio query."""
     if not model:

@@ -19,11 +19,18 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..atomic import atomic_write_json
 from .embed_inputs import content_hash, list_inputs
-from .embed_parts import part_path, write_part
+from .embed_job import (
+    EmbedOptions,
+    EmbedReport,
+    embed_parts,
+    launch_state,
+    load_run_engine,
+    part_path,
+    run_settings,
+    write_part,
+)
 from .table import (
     FILES,
     check_settings,
@@ -37,53 +44,22 @@ from .table import (
 
 
 def embed_to_table(
-    model: str | os.PathLike,
-    source: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    batch_size: int,
-    num_workers: int,
-    window: bool,
-    part_size: int,
-    dataset: bool,
-    audio_column: str,
-    split: str,
-    key_column: str | None,
-    overwrite: bool,
-    progress: bool,
-    precision: str,
-    compile: bool,
-    backend: str = "auto",
-) -> Any:
-    """Bring the table `out` up to date with `source` (see the module docstring); returns an `EmbedReport`."""
-    from accelerate import PartialState
-    from accelerate.utils import broadcast_object_list, parse_flag_from_env
+    model: str | os.PathLike, source: str | os.PathLike, out: str | os.PathLike, options: EmbedOptions
+) -> EmbedReport:
+    """Bring the table `out` up to date with `source` (see the module docstring); returns the report."""
+    from accelerate.utils import broadcast_object_list
     from tqdm.auto import tqdm
 
-    from ..inference.loading import feature_extractor_of, load_model, model_reference, weights_hash
-    from .embed import EmbedReport, embed_parts
+    from ..inference.loading import weights_hash
 
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+    state = launch_state()
     rank, world = state.process_index, state.num_processes
     local = local_path(out)
-    report = EmbedReport(Path(str(out)), main_process=state.is_main_process)
-
-    items, reader = list_inputs(source, dataset, audio_column, split, key_column)
-    loaded, processor = load_model(model, device=state.device, backend=backend, precision=precision)
-    fe = feature_extractor_of(processor)
-    settings = {
-        "model": model_reference(model),
-        "model_hash": weights_hash(loaded),
-        "embedding_dim": int(loaded.config.projection_dim),
-        "sampling_rate": int(fe.sampling_rate),
-        "truncation": fe.truncation,
-        "window": bool(window),
-        "window_s": fe.nb_max_samples / fe.sampling_rate if window else None,
-        # bf16 and int8 embeddings differ slightly from fp32 ones: one table holds one of them. The backend is not
-        # checked: ONNX Runtime's fp32 graphs give PyTorch's fp32 embeddings (cosine > 0.99999).
-        "precision": precision,
-    }
-    if not overwrite:
+    items, reader = list_inputs(source, options.dataset, options.audio_column, options.split, options.key_column)
+    engine = load_run_engine(model, options, state.device)
+    report = EmbedReport(Path(str(out)), main_process=state.is_main_process, precision=engine.choice)
+    settings = {**run_settings(model, engine, options), "model_hash": weights_hash(engine.model)}
+    if not options.overwrite:
         check_settings(out, settings)  # every rank, before anything changes, so a refusal stops all alike
 
     # Hash once on rank 0 and share: on many machines, every process reading every file would multiply the I/O.
@@ -92,7 +68,7 @@ def embed_to_table(
         hashes = broadcast_object_list([hashes])[0]
     parts_dir = Path(f"{local}.parts") if local is not None else None
     if state.is_main_process:
-        tables = create_tables(out, settings, overwrite=overwrite)
+        tables = create_tables(out, settings, overwrite=options.overwrite)
         if parts_dir is not None and parts_dir.exists():
             shutil.rmtree(parts_dir)  # parts of a killed launch: never committed, so recomputed below
     state.wait_for_everyone()
@@ -115,7 +91,8 @@ def embed_to_table(
     report.computed, report.removed = len(todo), len(removed)
     report.up_to_date = not todo and not removed
 
-    parts = {p: todo[p * part_size : (p + 1) * part_size] for p in range(rank, -(-len(todo) // part_size), world)}
+    size = options.part_size
+    parts = {p: todo[p * size : (p + 1) * size] for p in range(rank, -(-len(todo) // size), world)}
     errors: list[dict[str, str]] = list(carried)
 
     def commit(part: int, rows: list[dict[str, Any]]) -> None:
@@ -133,13 +110,12 @@ def embed_to_table(
                          "local table; embed on one process per table on object storage")
     total = sum(len(its) for its in parts.values())
     bar = tqdm(total=total, unit="file", desc=f"embed {report.out.name}",
-               disable=not (progress and state.is_main_process))
+               disable=not (options.progress and state.is_main_process))
     # The decoding workers start from a fork server, not by forking this process: lancedb's runtime threads are
     # running here, and a fork copies whatever locks they hold (lancedb warns of deadlocks in each forked child).
     # Windows has no fork server, and spawns (the safe way) anyway.
     start = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else None
-    embed_parts(loaded, fe, reader, parts, commit, batch_size=batch_size, num_workers=num_workers, window=window,
-                precision=precision, compile=compile, device=state.device, bar=bar, start_method=start)
+    embed_parts(engine, reader, parts, commit, options, bar=bar, start_method=start)
     bar.close()
 
     state.wait_for_everyone()

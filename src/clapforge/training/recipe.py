@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from ..inference.prompts import DEFAULT_PROMPT
 from ..presets import PRESETS
+from ..prompts import DEFAULT_PROMPT
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "adam")

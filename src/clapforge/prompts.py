@@ -1,6 +1,7 @@
 """Zero-shot prompts: LAION's default template and the one rule that puts a label into a template.
 
-Free of torch and transformers, so the command line can show the default in `--help` without loading them.
+Below every layer (the synthetic corpus in `data` declares its prompt with it; `inference.zero_shot` scores with it)
+and free of torch and transformers, so the command line can show the default in `--help` without loading them.
 """
 
 DEFAULT_PROMPT = "This is a sound of {label}."
