@@ -8,6 +8,12 @@ import clapforge
 from clapforge import LaionClapAudioModelWithProjection, LaionClapModel, LaionClapTextModelWithProjection
 from clapforge.modeling_clap.modeling_laion_clap import pool_text
 
+# Invariance checks (padding, batch composition) compare the same function computed on other shapes, so with other
+# summation orders in the matmul and attention kernels, which differ between CPUs. They run in float64: a sum of
+# n <= ~1e3 terms of size <= ~10 then rounds by at most n * 1.1e-16 * 10 ~ 1e-12 whatever the order, far under
+# TOL64. The embeddings are unit vectors; a real error (padding attended to, rows mixed up) moves them by > 1e-3.
+TOL64 = dict(rtol=0, atol=1e-9)
+
 
 def text_batch(tokenizer, texts=("a dog barks", "rain on a roof falls", "a siren")):
     return tokenizer(list(texts), padding=True, return_tensors="pt")
@@ -58,10 +64,13 @@ def test_unfused_model_rejects_fusion_input(tiny_model):
 def test_padding_does_not_change_text_embedding(tiny_model, tokenizer):
     alone = tokenizer(["a dog"], return_tensors="pt")
     padded = tokenizer(["a dog", "a very long caption about heavy rain on a roof"], padding=True, return_tensors="pt")
+    model = tiny_model.double()
     with torch.no_grad():
-        a = tiny_model.get_text_embeds(alone["input_ids"], alone["attention_mask"])
-        b = tiny_model.get_text_embeds(padded["input_ids"], padded["attention_mask"])[:1]
-    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+        a = model.get_text_embeds(alone["input_ids"], alone["attention_mask"])
+        both = model.get_text_embeds(padded["input_ids"], padded["attention_mask"])
+    assert a.dtype == torch.float64
+    torch.testing.assert_close(a, both[:1], **TOL64)
+    assert (both[0] - both[1]).abs().max() > 1e-3  # other texts differ by far more than TOL64
 
 
 def test_pooling_rules():
@@ -94,18 +103,20 @@ def test_invalid_config_values_are_named():
 
 def test_fusion_ignores_local_crops_of_short_clips(tiny_fused_model):
     torch.manual_seed(1)
-    features = torch.randn(3, 4, 1001, 64)
+    features = torch.randn(3, 4, 1001, 64, dtype=torch.float64)
     is_longer = torch.tensor([[True], [False], [True]])
     other = features.clone()
-    other[1, 1:] = torch.randn(3, 1001, 64)  # new local crops for the short clip
-    other[0, 1:] = torch.randn(3, 1001, 64)  # and for a long one
+    other[1, 1:] = torch.randn(3, 1001, 64, dtype=torch.float64)  # new local crops for the short clip
+    other[0, 1:] = torch.randn(3, 1001, 64, dtype=torch.float64)  # and for a long one
+    model = tiny_fused_model.double()
     with torch.no_grad():
-        a = tiny_fused_model.get_audio_embeds(features, is_longer)
-        b = tiny_fused_model.get_audio_embeds(other, is_longer)
-        alone = tiny_fused_model.get_audio_embeds(features[1:2], is_longer[1:2])
-    torch.testing.assert_close(a[1], b[1])  # a short clip only sees its global channel
+        a = model.get_audio_embeds(features, is_longer)
+        b = model.get_audio_embeds(other, is_longer)
+        alone = model.get_audio_embeds(features[1:2], is_longer[1:2])
+    assert a.dtype == torch.float64
+    torch.testing.assert_close(a[1], b[1], **TOL64)  # a short clip only sees its global channel
     assert not torch.allclose(a[0], b[0], atol=1e-4)  # a long clip's crops matter
-    torch.testing.assert_close(a[1:2], alone, atol=1e-6, rtol=0)  # batch composition changes nothing
+    torch.testing.assert_close(a[1:2], alone, **TOL64)  # batch composition changes nothing
 
 
 def test_gradient_checkpointing_gives_same_gradients(tokenizer):
@@ -127,6 +138,7 @@ def test_gradient_checkpointing_gives_same_gradients(tokenizer):
     plain, checkpointed = grads(False), grads(True)
     assert plain.keys() == checkpointed.keys() and len(plain) > 50
     for name in plain:
+        # Exact in practice: the recomputation repeats the same kernels on the same shapes in this process.
         torch.testing.assert_close(plain[name], checkpointed[name], atol=1e-6, rtol=1e-5, msg=name)
 
 

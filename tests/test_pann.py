@@ -12,6 +12,13 @@ from conftest import dynamo_warnings
 
 SMALL_CHANNELS = {"cnn6": [4, 8, 8, 16], "cnn10": [4, 8, 8, 16, 16], "cnn14": [4, 8, 8, 16, 16, 32]}
 FRAMES, MELS = 1001, 64
+F64 = torch.float64
+# The invariance checks (batch composition, ignored channels, a compensated BatchNorm shift) compare two computations
+# of the same function with other batch shapes, so other summation orders in the conv and pooling kernels (which
+# differ between CPUs). They run in float64, where a sum of n <= 9 * 32 terms no larger than ~10 rounds by at most
+# n * 1.1e-16 * 10 ~ 3e-13 whatever the order: far under TOL64. A real error (a local crop reaching a short clip, rows
+# mixed up) moves the O(1) outputs by more than 1e-4, as the control next to each check shows.
+TOL64 = dict(rtol=1e-9, atol=1e-9)
 
 
 def small_encoder(variant: str, fusion: bool = False, **kwargs) -> PannAudioEncoder:
@@ -160,17 +167,17 @@ def test_only_cnn14_skips_the_last_pooling():
 
 
 def test_bn0_normalises_each_mel_bin():
-    model = small_encoder("cnn6")
+    model = small_encoder("cnn6").to(F64)  # float64: x + 3 - (mean + 3) = x - mean up to 1e-16, not 2e-7
     # As many frames as mel bins, so a BatchNorm over the wrong axis would run without a shape error.
-    x = torch.randn(2, 1, MELS, MELS)
-    bin5 = torch.eye(MELS)[5].view(1, 1, 1, MELS)
+    x = torch.randn(2, 1, MELS, MELS, dtype=F64)
+    bin5 = torch.eye(MELS, dtype=F64)[5].view(1, 1, 1, MELS)
     with torch.no_grad():
         before = model(x, None)
         model.bn0.running_mean[5] += 3.0
         after = model(x, None)
         compensated = model(x + 3.0 * bin5, None)
     assert (before - after).abs().max() > 1e-4
-    torch.testing.assert_close(compensated, before, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(compensated, before, **TOL64)
 
 
 @pytest.mark.parametrize("variant", ["cnn6", "cnn14"])
@@ -206,14 +213,14 @@ def test_fusion_local_map_is_the_three_crops_side_by_side_in_time():
 
 @pytest.mark.parametrize("variant", ["cnn6", "cnn10", "cnn14"])
 def test_fusion_short_clip_ignores_local_channels(variant):
-    model = small_encoder(variant, fusion=True)
+    model = small_encoder(variant, fusion=True).to(F64)
     # A fused model refuses 1-channel features; its global view alone is what the same weights compute unfused.
-    unfused = PannAudioEncoder(PannConfig(variant=variant, block_channels=SMALL_CHANNELS[variant])).eval()
+    unfused = PannAudioEncoder(PannConfig(variant=variant, block_channels=SMALL_CHANNELS[variant])).eval().to(F64)
     unfused.load_state_dict({k: v for k, v in model.state_dict().items() if k in unfused.state_dict()})
-    x = torch.randn(2, 4, FRAMES, MELS)
+    x = torch.randn(2, 4, FRAMES, MELS, dtype=F64)
     longer = torch.tensor([[True], [False]])
     noisy = x.clone()
-    noisy[1, 1:] = torch.randn(3, FRAMES, MELS) * 5
+    noisy[1, 1:] = torch.randn(3, FRAMES, MELS, dtype=F64) * 5
     with torch.no_grad():
         batch = model(x, longer)
         batch_noisy = model(noisy, longer)
@@ -221,25 +228,25 @@ def test_fusion_short_clip_ignores_local_channels(variant):
         channel0 = unfused(x[1:2, :1], None)
         no_flags = model(x, None)
         channel0_batch = unfused(x[:, :1], None)
-    torch.testing.assert_close(batch[1], batch_noisy[1], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(batch[1], alone[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(alone, channel0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batch[1], batch_noisy[1], **TOL64)
+    torch.testing.assert_close(batch[1], alone[0], **TOL64)
+    torch.testing.assert_close(alone, channel0, **TOL64)
     # No flags: nothing is fused (no random "longer" pick as in LAION's Cnn14).
-    torch.testing.assert_close(no_flags, channel0_batch, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(no_flags, channel0_batch, **TOL64)
     # The longer clip did go through fusion.
     assert (batch[0] - channel0_batch[0]).abs().max() > 1e-4
 
 
 def test_fusion_longer_clip_depends_on_its_local_channels():
-    model = small_encoder("cnn14", fusion=True)
-    x = torch.randn(2, 4, FRAMES, MELS)
+    model = small_encoder("cnn14", fusion=True).to(F64)
+    x = torch.randn(2, 4, FRAMES, MELS, dtype=F64)
     longer = torch.tensor([[True], [True]])
     changed = x.clone()
-    changed[0, 2] = torch.randn(FRAMES, MELS)  # only the middle crop of clip 0
+    changed[0, 2] = torch.randn(FRAMES, MELS, dtype=F64)  # only the middle crop of clip 0
     with torch.no_grad():
         out, out_changed = model(x, longer), model(changed, longer)
     assert (out[0] - out_changed[0]).abs().max() > 1e-4
-    torch.testing.assert_close(out[1], out_changed[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1], out_changed[1], **TOL64)
 
 
 @pytest.mark.slow  # torch.compile builds C++ kernels
@@ -252,13 +259,18 @@ def test_compiled_fused_encoder_matches_eager_without_graph_break_warnings():
     with dynamo_warnings() as warnings, torch.inference_mode():
         for flags in ([True, False, True], [True, True, True], [False, False, False]):  # mixed, all long, all short
             longer = torch.tensor(flags)[:, None]
+            # float32 on purpose (the compiled graph is what runs). Inductor fuses and re-vectorises the pooling
+            # means and BatchNorm (per CPU: AVX2 or AVX-512 lanes), so the sums run in another order; the outputs are
+            # O(1) (ReLU of fc1, up to ~4) and each sum has at most 9 * 32 terms, so reordering moves them by a few
+            # float32 ulps (measured <= 1e-6): 1e-5 relative plus 1e-5 absolute leaves 10x, and a wrong fusion branch
+            # changes them by > 0.1.
             torch.testing.assert_close(compiled(x, longer), model(x, longer), atol=1e-5, rtol=1e-5)
     assert not [message for message in warnings if "Graph break" in message]
 
 
 def test_fusion_output_does_not_depend_on_batch_composition():
-    model = small_encoder("cnn14", fusion=True)
-    x = torch.randn(4, 4, FRAMES, MELS)
+    model = small_encoder("cnn14", fusion=True).to(F64)
+    x = torch.randn(4, 4, FRAMES, MELS, dtype=F64)
     longer = torch.tensor([[True], [False], [True], [False]])
     with torch.no_grad():
         full = model(x, longer)
@@ -266,9 +278,10 @@ def test_fusion_output_does_not_depend_on_batch_composition():
         order = torch.tensor([3, 0, 2, 1])
         permuted = model(x[order], longer[order])
         shorts_only = model(x[[1, 3]], longer[[1, 3]])
-    torch.testing.assert_close(full, singles, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(full[order], permuted, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(full[[1, 3]], shorts_only, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(full, singles, **TOL64)
+    torch.testing.assert_close(full[order], permuted, **TOL64)
+    torch.testing.assert_close(full[[1, 3]], shorts_only, **TOL64)
+    assert (full[0] - full[2]).abs().max() > 1e-4  # the rows differ: a mix-up would show
 
 
 @pytest.mark.parametrize("frames", [1001, 200, 64])
@@ -319,6 +332,8 @@ def test_gradient_checkpointing_gives_same_gradients_and_norm_statistics(monkeyp
         model(x, longer).pow(2).sum().backward()
     assert calls == [False] * 6  # every conv block, non-reentrant; the reference run never checkpoints
     for (name, p_ref), (_, p_ckpt) in zip(reference.named_parameters(), checkpointed.named_parameters(), strict=True):
+        # Exact in practice (the recomputation repeats the same kernels on the same shapes in this process); the
+        # slack only absorbs a different accumulation order, and is far below a missing or doubled term (O(grad)).
         torch.testing.assert_close(p_ckpt.grad, p_ref.grad, atol=1e-5, rtol=1e-4, msg=name)
     # The recomputation in backward must not update BatchNorm running statistics a second time.
     for (name, b_ref), (_, b_ckpt) in zip(reference.named_buffers(), checkpointed.named_buffers(), strict=True):
