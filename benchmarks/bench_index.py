@@ -7,12 +7,16 @@ the same centres. Ground truth is the exact scan's top k. Recorded: recall@k of 
 query at a time (exact scan with the matrix in memory; ANN in a separate process that opens the table and holds
 nothing else, so its peak RSS is that of a query process; the two sides take turns query by query), build time of the
 table and the index, disk size, and the share of CPU time the hypervisor stole while the queries ran.
+`--variants kept,pinned,one-off` makes the query process answer in alternating rounds of `--round` queries through
+each way of querying (a kept `TableSearcher`, one that pins lance's threads, the one-off `search_table`), so that
+the machine's load moves all of them alike; the main table quotes the first.
 
     .venv/bin/python benchmarks/bench_index.py [--vectors 1000000] [--queries 1000] [--dir /tmp/bench_index [--reuse]]
+        [--variants kept,pinned]
 
 At 10^5 vectors on 2 cores: 33 s and 1.6 GB peak RSS of the main process (torch, the vectors, the table's writer);
-at 10^6 ~7 minutes and ~6 GB (the 2 GB matrix, its table chunks, the index build). Check it at
-`--vectors 20000`. Prints a markdown table with the load average; RESULTS.md quotes it ("## Search index").
+at 10^6 ~7 minutes and ~6 GB (the 2 GB matrix, its table chunks, the index build). Check it at `--vectors 20000`.
+Prints markdown tables with the load average and the CPU; RESULTS.md quotes them ("Vector index", "Table search").
 """
 
 from __future__ import annotations
@@ -76,38 +80,48 @@ def exact_truth(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 def timed_side_by_side(vectors: np.ndarray, queries: np.ndarray, k: int, timed: int, child: subprocess.Popen
                        ) -> dict[str, list]:
     """Query i goes to the ANN query process, then (for the first `timed`) through the exact scan here, one after
-    the other: both sides see the same machine. On a VM the time the hypervisor steals swings within minutes (3-28%
-    here) and costs lance, whose threads hand a query across cores, most; timing the two sides minutes apart made
-    the ratio wander (15x-23x on the same code). Returns {"exact", "ann": latencies (s), "found": the ANN's row
-    numbers, "steal": (exact, ann) /proc/stat tick deltas summed over each side's calls}."""
+    the other: both sides see the same machine (on a VM the hypervisor's steal swings within minutes and costs
+    lance's many-threaded query most; RESULTS.md, "Vector index"). Returns {"exact", "ann": latencies (s),
+    "variant": the way each ANN query went, "found": the ANN's row numbers, "steal": {"exact" or a variant:
+    /proc/stat tick deltas summed over its calls}}."""
     import torch
 
     matrix = torch.from_numpy(vectors)
-    out: dict[str, list] = {"exact": [], "ann": [], "found": [], "steal": [[0] * 10, [0] * 10]}
+    out: dict = {"exact": [], "ann": [], "variant": [], "found": [], "steal": {}}
 
-    def count(side: int, before: list[int]) -> None:
-        out["steal"][side] = [t + b - a for t, a, b in zip(out["steal"][side], before, cpu_times(), strict=False)]
+    def count(side: str, before: list[int]) -> None:
+        ticks = out["steal"].get(side, [0] * 10)
+        out["steal"][side] = [t + b - a for t, a, b in zip(ticks, before, cpu_times(), strict=False)]
 
     for i, query in enumerate(torch.from_numpy(queries)):
         before = cpu_times()
         child.stdin.write(f"{i}\n")
         child.stdin.flush()
         reply = json.loads(child.stdout.readline())
-        count(1, before)
+        count(reply["variant"], before)
         out["ann"].append(reply["seconds"])
+        out["variant"].append(reply["variant"])
         out["found"].append(reply["found"])
         if i < timed:
             before = cpu_times()
             start = time.perf_counter()
             (matrix @ query).topk(k)
             out["exact"].append(time.perf_counter() - start)
-            count(0, before)
+            count("exact", before)
     return out
 
 
-def query_process(uri: str, queries_path: str, k: int) -> None:
-    """Child mode: open the table; for each query number read from stdin, search and print its latency and found
-    keys (one JSON line); at end of input print peak RSS."""
+VARIANTS = {
+    "kept": "a kept `TableSearcher` (the default)",
+    "pinned": "a kept `TableSearcher(pin_threads=True)`",
+    "one-off": "`search_table` on open tables, keeping nothing",
+}
+
+
+def query_process(uri: str, queries_path: str, k: int, variants: list[str], round_size: int) -> None:
+    """Child mode: open the table; for each query number i read from stdin, search it the way of round
+    i // round_size (the variants in turn) and print its latency, the variant and the found keys (one JSON line);
+    at end of input print peak RSS."""
     import clapforge_cli
 
     # A process without a model: importing clapforge skips the Auto-class registration, hence torch and transformers
@@ -116,19 +130,24 @@ def query_process(uri: str, queries_path: str, k: int) -> None:
     import lancedb  # noqa: F401  (imported by the first search anyway: counted in imports_rss_mb)
 
     from clapforge.tools.table import open_tables
-    from clapforge.tools.table_search import search_table
+    from clapforge.tools.table_search import TableSearcher, search_table
 
     assert not {"torch", "transformers"} & set(sys.modules), "the query process imported torch or transformers"
     queries = np.load(queries_path)
     imports_mb = _rss_mb()
     tables = open_tables(uri)
-    search_table(tables, queries[0], top_k=k)  # warm: index and manifest read once, as in a long-lived process
+    searchers = {"kept": TableSearcher(tables).search, "pinned": TableSearcher(tables, pin_threads=True).search,
+                 "one-off": lambda q, top_k: search_table(tables, q, top_k=top_k)}
+    for variant in variants:
+        searchers[variant](queries[0], top_k=k)  # warm: index, manifest and held columns read once
     for line in sys.stdin:
-        query = queries[int(line)]
+        i = int(line)
+        variant = variants[i // round_size % len(variants)]
         start = time.perf_counter()
-        results = search_table(tables, query, top_k=k)
+        results = searchers[variant](queries[i], top_k=k)
         seconds = time.perf_counter() - start
-        print(json.dumps({"seconds": seconds, "found": [int(r["key"][4:12]) for r in results]}), flush=True)
+        print(json.dumps({"seconds": seconds, "variant": variant, "found": [int(r["key"][4:12]) for r in results]}),
+              flush=True)
     print(json.dumps({"peak_rss_mb": _peak_rss_mb(), "imports_rss_mb": imports_mb}), flush=True)
 
 
@@ -179,10 +198,17 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="query the indexed table an earlier run left in --dir (same arguments) instead of "
                              "writing and indexing it again")
+    parser.add_argument("--variants", default="kept",
+                        help="comma-separated ways of querying, in alternating rounds: " + ", ".join(
+                            f"{name} ({text})" for name, text in VARIANTS.items()))
+    parser.add_argument("--round", type=int, default=50, help="queries per round of one variant")
     parser.add_argument("--query-process", nargs=2, metavar=("TABLE", "QUERIES_NPY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    variants = args.variants.split(",")
+    if unknown := set(variants) - set(VARIANTS):
+        parser.error(f"unknown variants {sorted(unknown)}: choose among {list(VARIANTS)}")
     if args.query_process:
-        query_process(*args.query_process, args.top_k)
+        query_process(*args.query_process, args.top_k, variants, args.round)
         return
 
     from clapforge.tools.table import FILES, build_index
@@ -212,8 +238,8 @@ def main() -> None:
         index_mb = disk_mb(uri) - table_mb
 
         child = subprocess.Popen([sys.executable, __file__, "--query-process", str(uri), str(workdir / "queries.npy"),
-                                  "--top-k", str(args.top_k)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 text=True)
+                                  "--top-k", str(args.top_k), "--variants", args.variants, "--round",
+                                  str(args.round)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         timed = timed_side_by_side(vectors, queries, args.top_k, args.exact_timed, child)
         child.stdin.close()
         memory = json.loads(child.stdout.readline())
@@ -226,8 +252,9 @@ def main() -> None:
 
     recall = np.mean([len(set(f) & set(t.tolist())) / args.top_k for f, t in zip(timed["found"], truth, strict=True)])
     exact_p50 = statistics.median(timed["exact"]) * 1e3
-    ann_ms = sorted(x * 1e3 for x in timed["ann"])
-    ann_p50, ann_p95 = statistics.median(ann_ms), ann_ms[int(0.95 * (len(ann_ms) - 1))]
+    by_variant = {v: sorted(x * 1e3 for x, w in zip(timed["ann"], timed["variant"], strict=True) if w == v)
+                  for v in variants}
+    ann_p50, ann_p95 = percentiles(by_variant[variants[0]])
     print(f"{args.vectors} vectors x {args.dim} ({args.clusters} clusters, spread {args.spread}), {args.queries} "
           f"queries, k={args.top_k}; index: {index_text(report)}, searched with {NPROBES} probes and refine factor "
           f"{REFINE_FACTOR}\n")
@@ -243,9 +270,36 @@ def main() -> None:
     print(f"| peak RSS of the query process (MB) | (holds the matrix) | {memory['peak_rss_mb']:.0f} "
           f"({memory['imports_rss_mb']:.0f} after importing lancedb and clapforge.tools.table_search without torch, "
           "before opening the table) |")
-    print(f"\n1-min load average {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end; "
-          f"{os.cpu_count()} CPUs; CPU time stolen by the hypervisor: {steal_percent(timed['steal'][0]):.0f}% during "
-          f"the exact scans, {steal_percent(timed['steal'][1]):.0f}% during the ANN queries.")
+    print(f"\n1-min load average {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end; {cpu_text()}; "
+          f"CPU time stolen by the hypervisor: {steal_percent(timed['steal']['exact']):.0f}% during the exact scans, "
+          f"{steal_percent(timed['steal'][variants[0]]):.0f}% during the ANN queries.")
+    if len(variants) > 1:
+        print(f"\nANN queries in alternating rounds of {args.round} (the peak RSS above includes every variant's "
+              "held columns):\n")
+        print("| way of querying | queries | p50 (ms) | p95 (ms) | p50 vs the first | steal |")
+        print("|---|---|---|---|---|---|")
+        for variant in variants:
+            p50, p95 = percentiles(by_variant[variant])
+            print(f"| {VARIANTS[variant]} | {len(by_variant[variant])} | {p50:.2f} | {p95:.2f} | "
+                  f"{p50 / ann_p50:.2f}x | {steal_percent(timed['steal'][variant]):.0f}% |")
+
+
+def cpu_text() -> str:
+    """CPUs, model and the flags that decide the kernels (Linux /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return f"{os.cpu_count()} CPUs"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "hypervisor") if f in flags]
+    return f"{os.cpu_count()} CPUs ({model}; {' '.join(shown) or 'no AVX2'})"
+
+
+def percentiles(ms: list[float]) -> tuple[float, float]:
+    """p50 and p95 of sorted latencies."""
+    return statistics.median(ms), ms[int(0.95 * (len(ms) - 1))]
 
 
 if __name__ == "__main__":

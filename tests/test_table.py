@@ -1,6 +1,7 @@
 """`clapforge embed ... OUT.lance`, `search` on a table and `index build`: incremental reruns, kills, model mismatch,
 ANN against exact, filters, and table against parquet, on test-tiny and made-up audio."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,7 +19,8 @@ from torchcodec.encoders import AudioEncoder
 
 import clapforge
 from clapforge.cli import main as cli_main
-from clapforge.tools import api, embed, table, table_search
+from clapforge.inference.engine import EmbeddingEngine
+from clapforge.tools import api, table, table_search
 from clapforge.tools.embed import TEST_SLEEP_ENV, embed_files
 from conftest import make_tokenizer, randomize_
 
@@ -60,15 +62,16 @@ def folder(work, tmp_path):
 
 @pytest.fixture
 def clips_embedded(monkeypatch):
-    """Counts the clips the model embeds in this process (every embed run goes through `embed.audio_embeds`)."""
+    """Counts the clips the model embeds in this process (every embed run goes through the engine's
+    `embed_features`)."""
     counter = {"clips": 0}
-    original = embed.audio_embeds
+    original = EmbeddingEngine.embed_features
 
-    def counting(model, x, longer, compiled=None):
+    def counting(self, x, longer):
         counter["clips"] += x.shape[0]
-        return original(model, x, longer, compiled)
+        return original(self, x, longer)
 
-    monkeypatch.setattr(embed, "audio_embeds", counting)
+    monkeypatch.setattr(EmbeddingEngine, "embed_features", counting)
     return counter
 
 
@@ -106,6 +109,7 @@ def test_rerun_embeds_only_new_and_changed_files_and_drops_deleted_ones(work, fo
     for key in FILES:
         assert after[key]["embedding"] == before[key]["embedding"]  # unchanged rows untouched
     expected = api.embed_audio(folder / "new.wav", model=work / "model")[0]
+    clips_embedded["clips"] -= 1  # that reference went through the engine too: count the table's embeds only
     np.testing.assert_allclose(after["new.wav"]["embedding"], expected.numpy(), atol=1e-5)
 
     _write(folder / "a.wav", 1.5, 1300, seed=10)  # same key, other bytes
@@ -155,7 +159,7 @@ def test_killed_run_leaves_a_consistent_table_that_the_rerun_completes(work, tmp
     _embed(work / "model", work / "audio", reference, window=True)
     out = tmp_path / "killed.lance"
     cmd = [sys.executable, "-m", "clapforge", "embed", str(work / "model"), str(work / "audio"), str(out),
-           "--part-size", "1", "--batch-size", "1", "--num-workers", "0", "--window", "--quiet"]
+           "--part-size", "1", "--batch-size", "1", "--num-workers", "0", "--window", "--quiet", "--precision", "fp32"]
     proc = subprocess.Popen(cmd, env=_env(work, **{TEST_SLEEP_ENV: "30"}), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -202,7 +206,7 @@ def test_decoding_workers_are_not_forks_of_a_process_running_lancedb(work, tmp_p
     instead, and give the same embeddings as no workers. Run in a process of its own: pytest records the children's
     warnings."""
     cmd = [sys.executable, "-m", "clapforge", "embed", str(work / "model"), str(work / "audio"),
-           str(tmp_path / "workers.lance"), "--num-workers", "2", "--quiet"]
+           str(tmp_path / "workers.lance"), "--num-workers", "2", "--quiet", "--precision", "fp32"]
     child = subprocess.run(cmd, env=_env(work), capture_output=True, text=True, timeout=600)
     assert child.returncode == 0, child.stderr
     assert "fork support" not in child.stderr
@@ -241,6 +245,9 @@ def test_ann_search_agrees_with_exact_search(tmp_path):
     rng = np.random.default_rng(1)
     queries = vectors[rng.choice(len(vectors), 50, replace=False)] + 0.2 * rng.standard_normal((50, 128))
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    # A kept searcher (held columns, fast_search while fully indexed), one holding no columns, and the one-off call
+    # (lance's whole query path, as before searchers existed) return the same rows and scores.
+    kept, unheld = table_search.TableSearcher(out), table_search.TableSearcher(out, hold_max_rows=0)
     recalls = []
     for q in queries:
         truth = [f"k{i:05d}" for i in np.argsort(-(vectors @ q), kind="stable")[:10]]
@@ -249,7 +256,14 @@ def test_ann_search_agrees_with_exact_search(tmp_path):
         ann = table_search.search_table(out, q, top_k=10)
         recalls.append(len(set(r["key"] for r in ann) & set(truth)) / 10)
         assert [r["score"] for r in ann] == sorted((r["score"] for r in ann), reverse=True)
+        for searcher in (kept, unheld):
+            for is_exact, expected in ((True, table_search.search_table(out, q, top_k=10, exact=True)), (False, ann)):
+                found = searcher.search(q, top_k=10, exact=is_exact)
+                assert [r["key"] for r in found] == [r["key"] for r in expected]
+                assert [r["path"] for r in found] == [r["path"] for r in expected]
+                assert [r["score"] for r in found] == pytest.approx([r["score"] for r in expected], abs=1e-6)
     assert np.mean(recalls) >= 0.95, recalls
+    assert kept._states[table.FILES].rows is not None and unheld._states[table.FILES].rows is None
 
     # Filters apply before the top k, on the ANN path and the exact one alike.
     keep = np.array([i % 30 > 20 for i in range(len(vectors))])
@@ -259,25 +273,69 @@ def test_ann_search_agrees_with_exact_search(tmp_path):
         assert len(found) == 10 and all(r["duration"] > 20 for r in found)
         if exact:
             assert [r["key"] for r in found] == truth
+        assert kept.search(queries[0], top_k=10, where="duration > 20", exact=exact) == found
 
     assert table.build_index(out, exact=True)[0]["action"] == "dropped"
     assert not table.has_vector_index(table.open_tables(out)[table.FILES])
 
 
+def _affinities() -> dict[int, set[int]]:
+    """Allowed cores of every thread of this process (Linux)."""
+    found = {}
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):  # the thread ended meanwhile
+            found[int(tid)] = os.sched_getaffinity(int(tid))
+    return found
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or not os.path.isdir("/proc/self/task"),
+                    reason="thread affinity is read through Linux's /proc/self/task")
+def test_a_search_leaves_every_thread_of_the_process_as_it_was(tmp_path, monkeypatch):
+    """By default nothing process-wide changes: during an ANN query through a kept searcher, and after it, every
+    thread of the process (lance's included) keeps the cores it had."""
+    from lancedb.background_loop import LOOP
+
+    out = tmp_path / "vectors.lance"
+    vectors, _ = _clustered(2000, 64, 20, seed=0)
+    _write_vectors(out, vectors)
+    table.build_index(out)
+    searcher = table_search.TableSearcher(out)
+    searcher.search(vectors[0], top_k=3)  # lance starts its threads
+    before = _affinities()
+    assert len(before) > 2  # lance's threads are running
+
+    during = []
+    real_run = LOOP.run
+
+    def run_and_look(coroutine):
+        during.append(_affinities())
+        return real_run(coroutine)
+
+    monkeypatch.setattr(LOOP, "run", run_and_look)
+    assert searcher.search(vectors[5], top_k=3)[0]["key"] == "k00005"
+    assert table_search.search_table(out, vectors[6], top_k=3)[0]["key"] == "k00006"
+    assert len(during) >= 2  # the queries (and the one-off call's opening of the table)
+    for seen in [*during, _affinities()]:
+        assert {t: cores for t, cores in seen.items() if t in before} == \
+            {t: cores for t, cores in before.items() if t in seen}
+    assert searcher.pinning is None
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="pinning to one core needs Linux and at least two cores")
-def test_a_query_runs_lance_on_one_core_and_gives_its_cores_back(tmp_path, monkeypatch):
-    """During a query lance's threads and lancedb's event-loop thread sit on one core (fewer wake-ups across virtual
-    cores); before and after, each has the cores it had (so index builds and writes keep all of them)."""
+def test_opted_in_pinning_runs_lance_on_one_core_and_gives_its_cores_back(tmp_path, monkeypatch):
+    """With pin_threads, during a query lance's threads and lancedb's event-loop thread sit on one core; before and
+    after, each has the cores it had (so index builds and writes keep all of them)."""
     from lancedb.background_loop import LOOP
 
     out = tmp_path / "vectors.lance"
     vectors, _ = _clustered(200, 16, 4, seed=0)
     _write_vectors(out, vectors)
-    tables = table.open_tables(out)
-    table_search.search_table(tables, vectors[0], top_k=3)  # lance starts its threads
+    searcher = table_search.TableSearcher(out, pin_threads=True)
+    pinning = searcher.pinning
+    searcher.search(vectors[0], top_k=3)  # lance starts its threads
     loop_thread = LOOP.thread.native_id
-    lance = table_search._lance_threads(loop_thread)
+    lance = pinning.lance_threads(loop_thread)
     assert loop_thread in lance and len(lance) > 1
     names = {Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in lance if t != loop_thread}
     assert names <= set(table_search.LANCE_THREAD_NAMES), names
@@ -293,13 +351,13 @@ def test_a_query_runs_lance_on_one_core_and_gives_its_cores_back(tmp_path, monke
         return real_run(coroutine)
 
     monkeypatch.setattr(LOOP, "run", run_and_look)
-    found = table_search.search_table(tables, vectors[5], top_k=3)
+    found = searcher.search(vectors[5], top_k=3)
     assert found[0]["key"] == "k00005"
     assert seen and all(cores == one_core for cores in seen[0].values()), seen
     assert {t: os.sched_getaffinity(t) for t in lance} == before
 
     # Overlapping queries (two users of a Space): pinned until the last one ends, then every thread's cores back.
-    first, second = table_search._lance_on_one_core(loop_thread), table_search._lance_on_one_core(loop_thread)
+    first, second = pinning.pinned(loop_thread), pinning.pinned(loop_thread)
     first.__enter__()
     second.__enter__()
     first.__exit__(None, None, None)
@@ -307,27 +365,31 @@ def test_a_query_runs_lance_on_one_core_and_gives_its_cores_back(tmp_path, monke
     second.__exit__(None, None, None)
     assert {t: os.sched_getaffinity(t) for t in lance} == before
 
+    # Searchers of one process that pin share one ThreadPinning.
+    assert table_search.TableSearcher(table.open_tables(out), pin_threads=pinning).pinning is pinning
+
 
 def test_a_long_lived_search_finds_rows_appended_after_the_index(tmp_path):
-    """A process that keeps `open_tables` skips lance's check for unindexed rows only while the index covers every
-    row: files embedded after `index build` are found by the next query all the same."""
+    """A kept TableSearcher skips lance's check for unindexed rows only while the index covers every row: files
+    embedded after `index build` are found by the next query all the same."""
     out = tmp_path / "vectors.lance"
     vectors, _ = _clustered(2000, 64, 20, seed=0)
     _write_vectors(out, vectors)
     table.build_index(out)
     tables = table.open_tables(out)
     files = tables[table.FILES]
-    assert table_search.search_table(tables, vectors[7], top_k=1)[0]["key"] == "k00007"
-    assert table_search._STATES[files].fully_indexed
+    searcher = table_search.TableSearcher(tables)
+    assert table_search.search_table(searcher, vectors[7], top_k=1)[0]["key"] == "k00007"  # the searcher's state
+    assert searcher._states[table.FILES].fully_indexed
 
     new = np.random.default_rng(5).standard_normal(64).astype(np.float32)
     new /= np.linalg.norm(new)
     settings = table.table_settings(files)
     table.commit_part(tables, [{"key": "late.wav", "path": "/clips/late.wav", "duration": 3.0, "content_hash": "x",
                                 "embedding": new}], settings)
-    found = table_search.search_table(tables, new, top_k=1)
+    found = searcher.search(new, top_k=1)
     assert found[0]["key"] == "late.wav" and found[0]["score"] > 0.999
-    assert not table_search._STATES[files].fully_indexed
+    assert not searcher._states[table.FILES].fully_indexed
 
 
 def test_small_tables_stay_exact(tmp_path):
@@ -344,10 +406,10 @@ import numpy as np
 import clapforge_cli
 clapforge_cli.RUNNING = True  # a process without a model (see clapforge_cli's docstring)
 from clapforge.tools.table import open_tables
-from clapforge.tools.table_search import search_table
-tables = open_tables(sys.argv[1])
+from clapforge.tools.table_search import TableSearcher
+searcher = TableSearcher(open_tables(sys.argv[1]))
 query = np.load(sys.argv[2])
-found = {exact: [r["key"] for r in search_table(tables, query, top_k=5, exact=exact)] for exact in (True, False)}
+found = {exact: [r["key"] for r in searcher.search(query, top_k=5, exact=exact)] for exact in (True, False)}
 print(json.dumps({"found": found, "heavy": sorted({"torch", "transformers"} & set(sys.modules))}))
 """
 

@@ -38,29 +38,9 @@ SUFFIX = ".lance"
 # `build_index` leaves such a table exact.
 MIN_ANN_ROWS = 1000
 # The ANN index: IVF-RQ (lance's RaBitQ) with RQ_BITS bits per dimension (256 bytes per 512-d vector) in partitions of
-# ~PARTITION_ROWS rows, searched by probing NPROBES partitions and re-ranking REFINE_FACTOR * k candidates with their
-# stored float32 vectors. Measured (recall@10 of 300 queries against the exact top 10, p50 of one query at a time,
-# on 2 cores shared with a CI run, 1-min load average given; 512-d vectors clustered as in benchmarks/bench_index.py):
-#   20k rows, 2000 clusters (~10 rows per cluster: the true top 10 spans clusters, hard for any partitioning):
-#     the earlier IVF-PQ (32 sub-vectors, sqrt(N) partitions, 20 probes, refine 10): 0.90, build 38 s (load 4-5);
-#     1-bit RQ, same partitions: 0.90; 1-bit RQ in 4 partitions of ~4096 rows: 0.965 / 0.978 / 0.990 at refine
-#     10 / 20 / 40 (10-16 ms, load 5); 4-bit RQ, 4 partitions: 0.963 at refine 1, 1.0 at 5, 10, 20 (12 ms at
-#     refine 10, load 2.6), build 1.2 s; IVF-PQ in 4 partitions, refine 40: 0.967, build 42 s;
-#   100k rows, 2000 clusters: 1-bit RQ, 24 partitions, 20 probes: 0.998 at refine 10..40 (11-19 ms, load 5.8);
-#   100k rows, 200 clusters (500 rows per cluster, as 10^6 rows in 2000 clusters: the order within a cluster is
-#     what counts): 1-bit RQ 0.814 / 0.956 / 0.999 at refine 10 / 20 / 40 (18 ms at 40, load 5); 2-bit RQ 0.988
-#     at refine 10; 4-bit RQ 0.805 at refine 1, 1.0 at 5 and 10 (10.9 ms at 10, 15.8 ms at 40; load 1.5), build 5.4 s;
-#   300k rows, 600 clusters (500 per cluster), 1-bit RQ, 73 partitions: 0.819 / 0.957 / 0.999 at refine 10 / 20 / 40
-#     (17-19 ms, load 2.4), build 8.4 s.
-# Re-ranking costs ~2 ms per 100 candidates here, and lancedb's fixed cost per query is ~6-8 ms: 4 bits with refine
-# 10 buys the recall of 1 bit with refine 40 for ~7 ms less per query. Small partitions keep a sparse table nearly
-# exhaustive under 20 probes, while at 10^6 rows 20 probes read ~8% of the codes. Not chosen: IVF-HNSW-SQ (0.98-1.0
-# at 20k but 22 s to build 20k rows and minutes for 100k on these cores: too slow for 10^6), IVF-SQ (recall no
-# better than RQ at equal probes; 512 bytes per vector). At 10^6 rows without re-ranking (benchmarks/RESULTS.md, "Other
-# indices"): IVF-SQ 0.965 but a 761 MB index (a query process caches it: over 1 GB), 8-bit RQ 0.951 (782 MB), IVF-PQ
-# 256 x 8 bits 0.817, IVF-FLAT 0.994 at 2 probes but 8 MB read per probe. An exact scan through lancedb (no index)
-# took 60-70 ms at 20k rows and 340-450 ms at 100k.
-# How the index is searched (probes, re-ranking) and what a query costs: tools/table_search.py.
+# ~PARTITION_ROWS rows. 4-bit codes with a small re-ranking reach the recall of 1-bit codes with a large one for less
+# time per query, and small partitions keep a sparse table nearly exhaustive under a few probes; the indices not
+# chosen and the measurements: benchmarks/RESULTS.md, "Table search". Probes and re-ranking: tools/table_search.py.
 PARTITION_ROWS = 4096
 RQ_BITS = 4
 # Settings that must agree between a table and a run writing into it (all of them but the model, which gets its own
