@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 BACKEND_HELP = (
-    "auto (default): the one the precision runs on (ONNX Runtime for int8, PyTorch otherwise); torch runs the model "
-    "folder in PyTorch; onnx runs a folder written by `clapforge export` in ONNX Runtime (CPU)"
+    "auto (default): the one the precision runs on (ONNX Runtime for int8, PyTorch otherwise), and ONNX Runtime for a "
+    "folder written by `clapforge export` without PyTorch weights; torch runs the model folder in PyTorch; onnx runs "
+    "a folder written by `clapforge export` in ONNX Runtime (CPU)"
 )
 PRECISION_HELP = (
     "auto (default): the fastest precision within cosine 0.999 of fp32 on this machine: bf16 where the device has "

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..prompts import DEFAULT_PROMPT
+from ..prompts import DEFAULT_PROMPT, format_prompt
 from ._backend import add_backend_arguments, describe_precision
 from ._format import format_table
+from ._types import positive_int
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -16,9 +17,23 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("files", nargs="+", help="audio files (or folders)")
     parser.add_argument("--labels", required=True, help="comma-separated labels, e.g. 'dog,rain,siren'")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="text template with {label}")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
     add_backend_arguments(parser)
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, check=check)
+
+
+def _labels(args: argparse.Namespace) -> list[str]:
+    return [label.strip() for label in args.labels.split(",") if label.strip()]
+
+
+def check(args: argparse.Namespace) -> None:
+    """What the arguments alone tell (before torch is imported)."""
+    from ..inference.references import resolve_model
+
+    if not _labels(args):
+        raise ValueError("--labels needs at least one label, e.g. --labels 'dog,rain,siren'")
+    format_prompt(args.prompt, "dog")  # a template without {label} fails now, not after loading the model
+    resolve_model(args.model)  # a mistyped path or a data file given as the model answers now
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,9 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from ..tools.api import classify
     from ..tools.embed_inputs import AudioItems, list_inputs
 
-    labels = [label.strip() for label in args.labels.split(",") if label.strip()]
-    if not labels:
-        raise ValueError("--labels needs at least one label, e.g. --labels 'dog,rain,siren'")
+    check(args)
+    labels = _labels(args)
     engine = load_engine(args.model, backend=args.backend, precision=args.precision)
     sr = engine.feature_extractor.sampling_rate
     audio, names, errors = [], [], []

@@ -10,7 +10,8 @@ import argparse
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("convert", help="convert a LAION-CLAP .pt or a transformers ClapModel folder")
-    parser.add_argument("src", help="LAION-CLAP .pt file, transformers ClapModel folder, or clapforge folder")
+    parser.add_argument("src", help="LAION-CLAP .pt file or transformers ClapModel folder (with --to transformers, "
+                        "also a clapforge folder)")
     parser.add_argument("dst", help="output folder (Hub-ready)")
     parser.add_argument("--tokenizer", help="tokenizer name or folder to save with the model (e.g. roberta-base)")
     parser.add_argument(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ..demo import DEFAULT_CLIPS, DEFAULT_OUT, RECIPE
+from ._types import positive_int
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -18,12 +19,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    parser.add_argument(
-        "--clips", type=int, default=DEFAULT_CLIPS, help=f"corpus size when it is made (default {DEFAULT_CLIPS})"
-    )
+    parser.add_argument("--clips", type=positive_int, default=DEFAULT_CLIPS,
+                        help=f"corpus size when it is made (default {DEFAULT_CLIPS})")
     parser.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
     parser.add_argument("--recipe", default=str(RECIPE), help="training recipe (default recipes/demo.yaml)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores left free)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch threads (default: the cores left free)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value recipe overrides, e.g. train.max_steps=100")
     parser.set_defaults(run=run)

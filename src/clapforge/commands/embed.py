@@ -9,6 +9,7 @@ import argparse
 
 from ._backend import add_backend_arguments, describe_precision
 from ._format import format_table
+from ._types import non_negative_int, positive_int
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -35,14 +36,16 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="write the LanceDB table into DIR (a folder or an object-storage URI of any name) instead of OUT; "
         "`search DIR` and `index build DIR` read it",
     )
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding (default 2)")
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--num-workers", type=non_negative_int, default=2,
+                        help="DataLoader workers decoding (default 2)")
     parser.add_argument(
         "--window",
         action="store_true",
         help="also embed consecutive 10 s windows of each file (for `search --windows`)",
     )
-    parser.add_argument("--part-size", type=int, default=256, help="inputs per part file (the unit of resuming)")
+    parser.add_argument("--part-size", type=positive_int, default=256,
+                        help="inputs per part file (the unit of resuming)")
     parser.add_argument("--dataset", action="store_true", help="INPUT is a datasets source")
     parser.add_argument("--audio-column", default="audio")
     parser.add_argument("--split", default="train")
@@ -55,14 +58,22 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="torch.compile the audio tower: tens of seconds to start, ~20%% faster per file after (for long jobs)",
     )
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, check=check)
+
+
+def check(args: argparse.Namespace) -> None:
+    """What the arguments alone tell (before torch is imported)."""
+    from ..inference.references import resolve_model
+
+    if (args.out is None) == (args.index is None):
+        raise ValueError("give exactly one output: OUT, or --index DIR")
+    resolve_model(args.model)  # a mistyped path or a data file given as the model answers now
 
 
 def run(args: argparse.Namespace) -> int:
     from ..tools.embed import embed_files
 
-    if (args.out is None) == (args.index is None):
-        raise ValueError("give exactly one output: OUT, or --index DIR")
+    check(args)
     out = args.out or args.index
     report = embed_files(
         args.model,
@@ -97,4 +108,7 @@ def run(args: argparse.Namespace) -> int:
     if report.errors:
         print(f"{len(report.errors)} input(s) could not be read and were skipped (listed in {out}.errors.json):")
         print(format_table(["key", "reason"], [(e["key"], e["reason"]) for e in report.errors]))
+    if report.errors and not report.embedded:
+        raise ValueError(f"no audio in {args.input}: none of its {len(report.errors)} input(s) could be decoded "
+                         "(listed above)")
     return 0

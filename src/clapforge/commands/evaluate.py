@@ -19,7 +19,11 @@ import argparse
 import os
 import sys
 
+from ..prompts import format_prompt
+from ._types import non_negative_int, positive_int
+
 TASK_CHOICES = ("esc50", "urbansound8k", "us8k", "zero-shot", "audiocaps", "clotho")
+SYNTHETIC = "synthetic"  # = evaluation.mteb_tasks.SYNTHETIC, restated: checking the arguments imports no torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "synthetic, a `clapforge synth` corpus folder")
     parser.add_argument(
         "--fold",
-        type=int,
+        type=positive_int,
         help="evaluate one fold only (esc50 1-5, urbansound8k 1-10, or a "
         "datasets source's `fold` column); default: every clip",
     )
@@ -66,10 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="audio->text mAP@10: sorted (correct average precision, default) or laion (the value "
         "LAION-CLAP's code publishes: caption ranks left unsorted)",
     )
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument(
         "--num-workers",
-        type=int,
+        type=non_negative_int,
         default=min(4, os.cpu_count() or 1),
         help="DataLoader workers decoding audio (default min(4, CPUs); 0 decodes in this process)",
     )
@@ -98,27 +102,35 @@ def register(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(parser)
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, check=check)
 
 
-def run(args: argparse.Namespace) -> int:
+def check(args: argparse.Namespace) -> None:
+    """What the arguments alone tell (before torch is imported)."""
+    from ..inference.references import resolve_model
+
+    resolve_model(args.model)  # a mistyped path or a data file given as the model answers now
     if args.benchmark is not None:
-        return run_mteb_benchmark(args)
+        return _check_mteb(args)
     if args.data is None:
         raise ValueError(f"--task {args.task} needs --data: the benchmark's folder, CSV or datasets source")
     if args.results_dir or args.overwrite:
         raise ValueError("--results-dir and --overwrite apply to --benchmark only")
-    from ..data.benchmark_sets import load_benchmark
-    from ..evaluation.tasks import markdown_table, run_benchmark, write_results
-    from ..inference.loading import load_engine, tokenizer_of
-    from ..prompts import DEFAULT_PROMPT, format_prompt
-
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.prompts and args.task not in ("esc50", "urbansound8k", "us8k", "zero-shot"):
         raise ValueError("--prompt applies to zero-shot tasks only")
     for template in args.prompts or []:
         format_prompt(template, "dog")  # a template without a placeholder fails now, not after embedding the audio
+
+
+def run(args: argparse.Namespace) -> int:
+    check(args)
+    if args.benchmark is not None:
+        return run_mteb_benchmark(args)
+    from ..data.benchmark_sets import load_benchmark
+    from ..evaluation.tasks import markdown_table, run_benchmark, write_results
+    from ..inference.loading import load_engine, tokenizer_of
+    from ..prompts import DEFAULT_PROMPT
+
     benchmark = load_benchmark(
         args.task,
         args.data,
@@ -157,14 +169,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_mteb_benchmark(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from ..evaluation.mteb_bridge import SYNTHETIC, markdown_summary, run_mteb, write_mteb_results
-    from ..prompts import DEFAULT_PROMPT, format_prompt
-
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+def _check_mteb(args: argparse.Namespace) -> None:
     synthetic = args.benchmark.strip().lower() == SYNTHETIC
     for flag, given in (("--fold", args.fold is not None), ("--audio-dir", args.audio_dir is not None),
                         ("--map-variant", args.map_variant != "sorted")):
@@ -178,10 +183,20 @@ def run_mteb_benchmark(args: argparse.Namespace) -> int:
                                  "their data, splits and label texts")
     elif args.data is None:
         raise ValueError(f"--benchmark {SYNTHETIC} needs --data: a `clapforge synth` corpus folder")
-    prompts = args.prompts or [DEFAULT_PROMPT]
-    if len(prompts) > 1:
+    if args.prompts and len(args.prompts) > 1:
         raise ValueError("--benchmark takes one --prompt: an mteb zero-shot task has one text per class")
-    format_prompt(prompts[0], "dog")  # a template without a placeholder fails now, not after loading the model
+    for template in args.prompts or []:
+        format_prompt(template, "dog")  # a template without a placeholder fails now, not after loading the model
+
+
+def run_mteb_benchmark(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..evaluation.mteb_bridge import markdown_summary, run_mteb, write_mteb_results
+    from ..prompts import DEFAULT_PROMPT
+
+    _check_mteb(args)
+    prompts = args.prompts or [DEFAULT_PROMPT]
     results_dir = args.results_dir
     if results_dir is None and args.out:
         out = Path(args.out)

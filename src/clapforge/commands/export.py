@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._types import positive_int
+
 DEFAULT_OPSET = 17  # = export.onnx_graphs.DEFAULT_OPSET (restated: argument parsing imports no torch)
 
 
@@ -20,8 +22,16 @@ def register(commands: argparse._SubParsersAction) -> None:
         default="dynamic",
         help="int8 method: dynamic (activation ranges per batch, default) or static (calibrated on synthetic clips)",
     )
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    parser.set_defaults(run=run)
+    parser.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET,
+                        help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.set_defaults(run=run, check=check)
+
+
+def check(args: argparse.Namespace) -> None:
+    """What the arguments alone tell (before torch is imported)."""
+    from ..inference.references import resolve_model
+
+    resolve_model(args.model)  # a mistyped path or a data file given as the model answers now
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,6 +13,8 @@ import argparse
 import os
 from pathlib import Path
 
+from ._types import positive_float, positive_int
+
 # = clapforge.data.prepare.DEFAULT_CAPTION_FILES, restated so that `--help` does not import numpy (a test compares)
 DEFAULT_CAPTION_FILES = ["metadata.csv", "metadata.jsonl", "captions.csv", "captions.jsonl"]
 
@@ -46,8 +48,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset-config", help="configuration name of a --dataset source")
     parser.add_argument("--dataset-split", default="train", help="split of the --dataset source to read")
     parser.add_argument("--split", default="train", help="split to write under OUT (train, validation, test)")
-    parser.add_argument("--shard-size", type=float, default=64, help="target shard size in MB (default 64)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="decoding processes (default: all CPUs)")
+    parser.add_argument("--shard-size", type=positive_float, default=64, help="target shard size in MB (default 64)")
+    parser.add_argument("--workers", type=positive_int, default=os.cpu_count(),
+                        help="decoding processes (default: all CPUs)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 

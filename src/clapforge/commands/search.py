@@ -6,6 +6,7 @@ import argparse
 
 from ._backend import add_backend_arguments
 from ._format import format_seconds, format_table
+from ._types import positive_int
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -13,7 +14,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("index", help=".parquet, .safetensors or .lance table written by `clapforge embed`")
     parser.add_argument("query", nargs="?", help="text query")
     parser.add_argument("--audio", help="audio file query instead of text")
-    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--top-k", type=positive_int, default=10, help="results to show (default 10)")
     parser.add_argument("--model", help="model folder or Hub id (default: the one the index was made with)")
     parser.add_argument(
         "--windows",
@@ -29,14 +30,23 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--exact", action="store_true", help="tables only: scan every row even if the table has an ANN index"
     )
     add_backend_arguments(parser)
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, check=check)
+
+
+def check(args: argparse.Namespace) -> None:
+    """What the arguments alone tell (before torch is imported)."""
+    from ..inference.references import resolve_model
+
+    if (args.query is None) == (args.audio is None):
+        raise ValueError("give a text query or --audio FILE (one of them)")
+    if args.model is not None:
+        resolve_model(args.model)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..tools.api import search
 
-    if (args.query is None) == (args.audio is None):
-        raise ValueError("give a text query or --audio FILE (one of them)")
+    check(args)
     results = search(
         args.index, text=args.query, audio=args.audio, model=args.model, top_k=args.top_k, windows=args.windows,
         where=args.where, exact=args.exact, backend=args.backend, precision=args.precision,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._types import fraction, positive_float, positive_int
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -12,12 +14,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="The built-in synthetic corpus: `clapforge synth OUT --clips N --seed S`.",
     )
     parser.add_argument("out", help="output folder (train/, validation/, test/, manifest.json, labels.json)")
-    parser.add_argument("--clips", type=int, default=2000, help="number of clips over all splits (default 2000)")
+    parser.add_argument("--clips", type=positive_int, default=2000,
+                        help="number of clips over all splits (default 2000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
-    parser.add_argument("--validation-fraction", type=float, default=0.1, help="share of validation clips")
-    parser.add_argument("--test-fraction", type=float, default=0.1, help="share of held-out-phrasing test clips")
-    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count, up to 8)")
-    parser.add_argument("--shard-mb", type=float, default=64.0, help="target shard size in MiB (default 64)")
+    parser.add_argument("--validation-fraction", type=fraction, default=0.1, help="share of validation clips")
+    parser.add_argument("--test-fraction", type=fraction, default=0.1, help="share of held-out-phrasing test clips")
+    parser.add_argument("--workers", type=positive_int, default=None,
+                        help="worker processes (default: CPU count, up to 8)")
+    parser.add_argument("--shard-mb", type=positive_float, default=64.0, help="target shard size in MiB (default 64)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing corpus in OUT")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)

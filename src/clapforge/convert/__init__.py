@@ -36,6 +36,9 @@ def load_source(src: str | Path) -> tuple[LaionClapModel, ConversionReport, Path
         if not config_file.is_file():
             raise ValueError(f"{src} is a folder without config.json: expected a transformers ClapModel folder")
         hf = json.loads(config_file.read_text())
+        if hf.get("model_type") == LaionClapConfig.model_type:
+            raise ValueError(f"{src} is already a clapforge model folder: nothing to convert (load it as it is; "
+                             "`--to transformers` writes it for transformers' ClapModel)")
         if hf.get("model_type") != "clap":
             raise ValueError(f"{src}/config.json has model_type {hf.get('model_type')!r}; expected 'clap'")
         config = transformers_config_to_clapforge(hf)

@@ -54,7 +54,8 @@ def list_inputs(
     """The inputs in their global order, and the reader of dataset rows (None for files).
 
     A folder is scanned recursively for audio extensions (keys: relative paths); a .txt/.lst/.list file lists one path
-    per line (relative to the list's folder, `#` comments; keys: the paths as written); an audio file is one input.
+    per line (relative to the list's folder, `#` comments; keys: the paths as written); an audio file (one of those
+    extensions) is one input, and any other file is refused.
     Files are sorted by key. With `dataset=True`, `source` is a `datasets` source (parquet file, local folder or Hub
     id) read with `load_dataset` (memory-mapped, so workers can read any row); keys are `key_column` or
     "<file name>#<row>".
@@ -72,8 +73,14 @@ def list_inputs(
             line = line.strip()
             if line and not line.startswith("#"):
                 keyed[line] = str((path.parent / Path(line).expanduser()).resolve())
-    elif path.is_file():
+    elif path.is_file() and path.suffix.lower() in AUDIO_EXTENSIONS:
         keyed = {path.name: str(path.resolve())}
+    elif path.is_file():
+        # What a folder scan would skip is no audio input either (an embeddings file, a model's weights, a table).
+        hint = " (for a datasets source, add --dataset)" if path.suffix.lower() in (".parquet", ".arrow") else ""
+        raise ValueError(f"input {source} is not an audio file: {path.suffix or 'no extension'} is none of the audio "
+                         f"extensions clapforge reads (.wav, .flac, .mp3, .ogg, ...) nor a file list "
+                         f"({', '.join(sorted(LIST_SUFFIXES))}){hint}")
     else:
         raise FileNotFoundError(f"input {source} is neither a folder, a file list nor an audio file "
                                 "(use --dataset for a datasets source)")
