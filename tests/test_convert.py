@@ -33,9 +33,22 @@ def hf_model(size: str, fusion: bool) -> ClapModel:
     return randomize_(ClapModel(config))
 
 
+# Parity between two implementations (transformers' ClapModel and ours) is checked in float64: they group the same
+# operations differently (and the kernels sum in a per-CPU order), which in float32 leaves ~1e-7 of noise on the unit
+# embeddings that no fixed tolerance bounds on every CPU. In float64 sums of up to ~3e3 terms of size <= ~10 round by
+# at most 3e3 * 1.1e-16 * 10 ~ 3e-12: the audio towers agree to 1e-16. transformers' text tower computes its attention
+# softmax in float32 whatever the input dtype (ClapTextSelfAttention's eager path), so the text embeddings keep that
+# one float32 rounding of the attention weights: measured 4e-9 (tiny) and 2.5e-8 (RoBERTa-base size), on any CPU
+# alike (softmax over <= 12 tokens). A converter error stays far above both: another LayerNorm eps (1e-12 -> 1e-5 in
+# the text tower, 1e-5 -> 1e-6 in the audio tower) moves the embeddings by 7.7e-6 / 5.5e-6, a misplaced weight by
+# ~1e-1.
+TOL64 = {"audio": dict(rtol=0, atol=1e-10), "text": dict(rtol=0, atol=1e-6)}
+
+
 def inputs(fusion: bool, vocab: int, batch: int = 3):
+    """Float64 features: the models they are given to are converted to float64 first (TOL64)."""
     generator = torch.Generator().manual_seed(1)
-    features = torch.randn(batch, 4 if fusion else 1, 1001, 64, generator=generator)
+    features = torch.randn(batch, 4 if fusion else 1, 1001, 64, generator=generator, dtype=torch.float64)
     is_longer = torch.tensor([[True], [False], [True]])[:batch]
     ids = torch.randint(3, vocab, (batch, 12), generator=generator)
     ids[:, 0], ids[:, -1] = 0, 2
@@ -69,9 +82,10 @@ def test_transformers_folder_converts_with_parity(size, fusion, tmp_path):
     assert ours.config.enable_fusion == fusion
     assert "text_model.embeddings.position_ids" in report.dropped_keys
     batch = inputs(fusion, source.config.text_config.vocab_size)
-    for theirs, mine in zip(embeddings_hf(source, *batch), embeddings_ours(ours, *batch), strict=True):
-        assert mine.shape == (3, 512)
-        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)
+    expected = embeddings_hf(source.double(), *batch)
+    for tower, theirs, mine in zip(TOL64, expected, embeddings_ours(ours.double(), *batch), strict=True):
+        assert mine.shape == (3, 512) and mine.dtype == torch.float64
+        torch.testing.assert_close(mine, theirs, **TOL64[tower], msg=lambda m, tower=tower: f"{tower}: {m}")
 
 
 @pytest.mark.parametrize("fusion", [False, True], ids=["unfused", "fused"])
@@ -86,10 +100,12 @@ def test_export_to_transformers_roundtrips(fusion, tmp_path):
     convert_checkpoint(tmp_path / "hf", tmp_path / "back", no_tokenizer=True)
     back = LaionClapModel.from_pretrained(tmp_path / "back").eval()
     batch = inputs(fusion, model.config.text_config.vocab_size)
-    original = embeddings_ours(model, *batch)
-    for a, b, c in zip(original, embeddings_hf(exported, *batch), embeddings_ours(back, *batch), strict=True):
-        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
-        torch.testing.assert_close(c, a, atol=0, rtol=0)
+    original = embeddings_ours(model.double(), *batch)
+    exported_embeddings = embeddings_hf(exported.double(), *batch)
+    back_embeddings = embeddings_ours(back.double(), *batch)
+    for tower, a, b, c in zip(TOL64, original, exported_embeddings, back_embeddings, strict=True):
+        torch.testing.assert_close(b, a, **TOL64[tower], msg=lambda m, tower=tower: f"{tower}: {m}")
+        torch.testing.assert_close(c, a, atol=0, rtol=0)  # the same class and weights: the same computation
 
 
 def test_export_refuses_what_transformers_cannot_hold(tmp_path):
@@ -181,8 +197,9 @@ def test_laion_checkpoint_converts_with_parity(fusion, numpy_version, tmp_path):
         if isinstance(module, torch.nn.LayerNorm):
             module.eps = source.config.text_config.layer_norm_eps
     batch = inputs(fusion, 300)
-    for theirs, mine in zip(embeddings_hf(source, *batch), embeddings_ours(ours, *batch), strict=True):
-        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)
+    expected = embeddings_hf(source.double(), *batch)
+    for tower, theirs, mine in zip(TOL64, expected, embeddings_ours(ours.double(), *batch), strict=True):
+        torch.testing.assert_close(mine, theirs, **TOL64[tower], msg=lambda m, tower=tower: f"{tower}: {m}")
 
 
 @pytest.mark.parametrize(("embed_dim", "depths", "name"), [(96, [2, 2, 6, 2], "tiny"), (128, [2, 2, 12, 2], "base")])
