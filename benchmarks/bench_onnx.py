@@ -26,6 +26,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -46,8 +47,9 @@ from clapforge.data.synth import plan_corpus, render_spec
 from clapforge.export.onnx_folder import export_model
 from clapforge.export.onnx_graphs import cosines
 from clapforge.inference.embedding import compile_audio_tower, embed_audio_batches, embed_texts
-from clapforge.inference.loading import load_model
+from clapforge.inference.loading import load_engine, load_model
 from clapforge.inference.onnx_backend import ONNX_DIR, OnnxClapModel, open_session
+from clapforge.inference.precision import choose_precision as choose
 from clapforge.tools.embed import embed_files
 from clapforge.tools.embeddings_file import read_index
 
@@ -73,11 +75,17 @@ def build(tmp: Path) -> dict[str, Path]:
     clapforge.create_feature_extractor("htsat-tiny", model.config).save_pretrained(tmp / "model")
     for method in ("dynamic", "static"):
         export_model(tmp / "model", tmp / method, quantize="int8", method=method, log=lambda _: None)
-    return {"model": tmp / "model", "dynamic": tmp / "dynamic", "static": tmp / "static"}
+    # What a user deploying on CPUs holds: the model folder with its own int8 export (`clapforge export M M --quantize
+    # int8`), where `precision="auto"` may take either backend.
+    shutil.copytree(tmp / "model", tmp / "both")
+    export_model(tmp / "both", tmp / "both", quantize="int8", log=lambda _: None)
+    return {"model": tmp / "model", "dynamic": tmp / "dynamic", "static": tmp / "static", "both": tmp / "both"}
 
 
+DEFAULT = "clapforge default (precision auto)"
 CONTENDERS = [
     "transformers ClapModel fp32 (peer)",
+    DEFAULT,
     "clapforge PyTorch fp32",
     "clapforge PyTorch fp32 --compile",
     "clapforge PyTorch bf16 autocast",
@@ -89,6 +97,11 @@ CONTENDERS = [
 
 def contender(name: str, folders: dict[str, Path]) -> tuple:
     """(callable on a features dict, bytes of the weights file it runs) of one CONTENDERS entry."""
+    if name == DEFAULT:
+        engine = load_engine(folders["both"], "cpu", precision="auto")
+        size = sum(t.numel() * 4 for n, t in load_model(folders["model"], "cpu")[0].state_dict().items()
+                   if n.startswith("audio_"))
+        return (lambda f: engine.embed_features(f["input_features"], f["is_longer"])), size
     if name.startswith("ONNX"):
         folder, precision = (folders["static"], "int8") if "static" in name else (
             folders["dynamic"], "int8" if "int8" in name else "fp32")
@@ -160,6 +173,8 @@ def memory_child(name: str, folders: dict[str, Path]) -> str:
 
 
 def measure_memory(name: str, folders: dict[str, Path]) -> str:
+    if name == DEFAULT:
+        return "as the backend it chose"  # it loads the whole model (both towers), so it is not comparable
     command = [sys.executable, __file__, "--memory-child", name, json.dumps({k: str(v) for k, v in folders.items()})]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -225,6 +240,7 @@ def end_to_end(folders: dict[str, Path], files: int, rounds: int, tmp: Path) -> 
     extractor = transformers.ClapFeatureExtractor(frequency_min=50, frequency_max=14000, truncation="rand_trunc",
                                                   padding="repeatpad")
     pipelines = {
+        "default": (folders["both"], "auto", "auto"),
         "PyTorch fp32": (folders["model"], "torch", "fp32"),
         "ONNX Runtime fp32": (folders["dynamic"], "onnx", "fp32"),
         "ONNX Runtime int8 dynamic": (folders["dynamic"], "onnx", "int8"),
@@ -387,8 +403,13 @@ def report(args, load_start, load_end, bounds, gflop, towers, e2e, peer_files, p
               f"workers, batch 16) against the transformers decode + extract + embed loop ({peer_files:.2f} files/s):",
               "", f"| pipeline | files/s | vs transformers loop | min cosine to transformers | goal >= {GOAL_E2E:g}x |",
               "|---|---|---|---|---|"]
+    auto = choose("auto", "cpu", int8_export=True)
+    lines[2:2] = [f"The default (`precision auto`, no flag) chose {auto.precision} on the {auto.backend} backend here: "
+                  f"{auto.reason}.", ""]
     for r in e2e:
-        lines.append(f"| `--backend {'onnx' if 'ONNX' in r['name'] else 'torch'}` {r['name']} | {r['files_s']:.2f} | "
+        flags = (f"`clapforge embed` (no flag: auto -> {auto.precision})" if r["name"] == "default"
+                 else f"`--backend {'onnx' if 'ONNX' in r['name'] else 'torch'}` {r['name']}")
+        lines.append(f"| {flags} | {r['files_s']:.2f} | "
                      f"{r['ratio']:.2f}x | {r['cosine']:.5f} | {'met' if r['ratio'] >= GOAL_E2E else 'not met'} |")
     lines += ["", "Parity of ONNX fp32 with PyTorch fp32 on real decoded audio:", "", *parity, "", *accuracy]
     return "\n".join(lines) + "\n"
