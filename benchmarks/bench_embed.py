@@ -39,7 +39,7 @@ from clapforge.tools.embeddings_file import read_index
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Embed"
-GOAL = 3.0
+GOAL = 3.5  # issue 22: the default (auto) at least 3.5x the transformers loop on a bf16 CPU
 # (name, precision, compile) of each clapforge pipeline timed; "default" is `clapforge embed` with no flag.
 PIPELINES = [("default", "auto", False), ("fp32", "fp32", False), ("bf16", "bf16", False),
              ("bf16-compile", "bf16", True)]
@@ -157,7 +157,8 @@ def main() -> None:
         f".venv/bin/python benchmarks/bench_embed.py --files {args.files} --batch-size {args.batch_size} "
         f"--num-workers {args.num_workers} --rounds {args.rounds} --threads {args.threads}"
     )
-    rows = ["| pipeline | files/s | speed-up | min cosine to transformers | goal >= 3x |", "|---|---|---|---|---|"]
+    rows = [f"| pipeline | files/s | speed-up | min cosine to transformers | goal >= {GOAL:g}x |",
+            "|---|---|---|---|---|"]
     for name, precision, compile in PIPELINES:
         ratio = rate[name] / rate["transformers"]
         flags = (f" --precision {precision}" if precision != "auto" else "") + (" --compile" if compile else "")
