@@ -21,7 +21,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     build.add_argument("table", help="OUT.lance written by `clapforge embed`")
     build.add_argument("--exact", action="store_true", help="no index: drop any existing one (searches scan exactly)")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, uses_model=False)  # cli.main: no Auto classes, so no torch or transformers
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,6 +17,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", type=positive_int, default=10, help="results to show (default 10)")
     parser.add_argument("--model", help="model folder or Hub id (default: the one the index was made with)")
     parser.add_argument(
+        "--allow-other-model",
+        action="store_true",
+        help="rank with --model even if its weights are not those the index was made with (scores of two models "
+        "are not comparable: refused without this flag)",
+    )
+    parser.add_argument(
         "--windows",
         action="store_true",
         help="rank files by their best 10 s window and say where it is (index made with --window)",
@@ -36,9 +42,12 @@ def register(commands: argparse._SubParsersAction) -> None:
 def check(args: argparse.Namespace) -> None:
     """What the arguments alone tell (before torch is imported)."""
     from ..inference.references import resolve_model
+    from ..tools.table import check_location, is_table
 
     if (args.query is None) == (args.audio is None):
         raise ValueError("give a text query or --audio FILE (one of them)")
+    if is_table(args.index):
+        check_location(args.index)  # a missing table or a file in the way answers now, and nothing is created
     if args.model is not None:
         resolve_model(args.model)
 
@@ -50,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     results = search(
         args.index, text=args.query, audio=args.audio, model=args.model, top_k=args.top_k, windows=args.windows,
         where=args.where, exact=args.exact, backend=args.backend, precision=args.precision,
+        allow_other_model=args.allow_other_model,
     )
     if args.windows:
         rows = [

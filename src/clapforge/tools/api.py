@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from ..inference.engine import EmbeddingEngine
-from ..inference.loading import ModelLike, load_engine, load_model
+from ..inference.loading import ModelLike, load_engine, load_model, model_reference, weights_hash
+from ..inference.references import resolve_model
 from ..inference.zero_shot import zero_shot_probabilities
 from ..prompts import DEFAULT_PROMPT
 from .embeddings_file import EmbeddingIndex, read_index
@@ -116,27 +117,35 @@ def search(
     exact: bool = False,
     backend: str = "auto",
     precision: str = "auto",
+    allow_other_model: bool = False,
 ) -> list[dict[str, Any]]:
     """Nearest files of an embeddings file or a LanceDB table (OUT.lance) by cosine similarity to a text or audio query.
 
-    `model` defaults to the one the index was made with (recorded at embed time). With `windows=True` (an index
-    made with `--window`), files are ranked by their best-matching window, and each result says where it is
-    (`start`, `end` in seconds). Returns [{"rank", "score", "key"(, "start", "end")}], best first; a table's results
-    also carry "path" and "duration". On a table, `where` is a LanceDB SQL filter (e.g. "duration > 5",
-    "key LIKE 'birds/%'") applied before the top k, and the search uses the table's ANN index when it has one
-    (`clapforge index build`) unless `exact`. `backend`/`precision` embed the query (see the module docstring).
+    `model` defaults to the one the index was made with (recorded at embed time). Another `model` must have the same
+    weights (`_query_model`: an ONNX export of the index's model, a copy of its folder, the same weights on the Hub);
+    one with other weights is refused, naming both, unless `allow_other_model` (scores of two models mean nothing).
+    With `windows=True` (an index made with `--window`), files are ranked by their best-matching window, and each
+    result says where it is (`start`, `end` in seconds). Returns [{"rank", "score", "key"(, "start", "end")}], best
+    first; a table's results also carry "path" and "duration". On a table, `where` is a LanceDB SQL filter (e.g.
+    "duration > 5", "key LIKE 'birds/%'") applied before the top k, and the search uses the table's ANN index when it
+    has one (`clapforge index build`) unless `exact`. `backend`/`precision` embed the query (see the module docstring).
     """
     if (text is None) == (audio is None):
         raise ValueError("search needs exactly one query: text or audio")
     if not isinstance(index, EmbeddingIndex) and is_table(index):
-        model = model or table_settings(open_tables(index)[FILES]).get("model")
+        settings = table_settings(open_tables(index)[FILES])
+        model = _query_model(index, model, settings.get("model"), settings.get("model_hash"), backend, precision,
+                             allow_other_model)
         query = _query(text, audio, model, sampling_rate, backend, precision)
         return search_table(index, query.numpy(), top_k=top_k, where=where, exact=exact, windows=windows)
     if where is not None:
         raise ValueError("filters (where) need a LanceDB table: embed into OUT.lance")
+    label = "the index" if isinstance(index, EmbeddingIndex) else index
     if not isinstance(index, EmbeddingIndex):
         index = read_index(index)
-    query = _query(text, audio, model or index.metadata.get("model"), sampling_rate, backend, precision)
+    model = _query_model(label, model, index.metadata.get("model"), index.metadata.get("model_hash"), backend,
+                         precision, allow_other_model)
+    query = _query(text, audio, model, sampling_rate, backend, precision)
     if windows:
         if not index.has_windows:
             raise ValueError("this index has no windows: make it with `clapforge embed --window`")
@@ -152,6 +161,46 @@ def search(
     order = scores.argsort(descending=True, stable=True)[:top_k]
     return [{"rank": rank + 1, "score": float(scores[i]), "key": index.keys[i]}
             for rank, i in enumerate(order.tolist())]
+
+
+def _query_model(index: Any, model: ModelOrEngine | None, recorded: str | None, recorded_hash: str | None,
+                 backend: str, precision: str, allow_other_model: bool) -> ModelOrEngine | None:
+    """The model to embed the query with: the index's own (`recorded`) unless `model` is given; a given model only if
+    it is the index's model or `allow_other_model`.
+
+    The rule: a model is the index's when its name is the recorded one (`model_reference`: a folder's absolute path,
+    a Hub id as given), or else when its weights hash (`weights_hash`: an ONNX export answers with the hash of the
+    weights it was exported from) equals the index's. A table records that hash (`model_hash`); an embeddings file
+    records only the name, so the recorded model is loaded to hash it when it is a local folder still there. When the
+    weights differ, or cannot be compared (a file whose model is a Hub id, or gone), the search is refused in one
+    line naming both models. Same name is trusted: a folder retrained in place is caught by `embed`, not here."""
+    if model is None or not (recorded or recorded_hash) or allow_other_model:
+        return model or recorded
+    if isinstance(model, str | os.PathLike) and recorded and model_reference(model) == recorded:
+        return model
+    engine = load_engine(model, backend=backend, precision=precision)
+    given = weights_hash(engine.model)
+    if recorded_hash is None:
+        recorded_hash = _local_weights_hash(recorded, backend, precision)
+    if given == recorded_hash:
+        return engine
+    name = str(model) if isinstance(model, str | os.PathLike) else f"the given {type(model).__name__}"
+    theirs = f"weights {recorded_hash[:12]}" if recorded_hash else "weights unknown here"
+    raise ValueError(f"{index} was embedded with model {recorded!r} ({theirs}), not with {name!r} (weights "
+                     f"{given[:12]}): scores of two models are not comparable. Omit the model to search with the "
+                     "index's own, or pass --allow-other-model (allow_other_model=True) to rank anyway")
+
+
+def _local_weights_hash(recorded: str | None, backend: str, precision: str) -> str | None:
+    """The weights hash of an index's recorded model when it is a local folder still there, else None."""
+    if not recorded:
+        return None
+    try:
+        if not resolve_model(recorded).local:
+            return None  # the Hub is not asked: a search refused for want of the network would be worse
+    except (FileNotFoundError, ValueError):
+        return None
+    return weights_hash(load_engine(recorded, backend=backend, precision=precision).model)
 
 
 def _query(text: str | None, audio: AudioLike | None, model: ModelOrEngine | None, sampling_rate: int | None,

@@ -26,9 +26,10 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 FILES = "files"
 WINDOWS = "windows"
@@ -58,14 +59,42 @@ def is_table(path: str | os.PathLike) -> bool:
     return local is not None and (local / (FILES + SUFFIX)).is_dir()
 
 
-def connect(uri: str | os.PathLike) -> Any:
+def check_location(uri: str | os.PathLike, create: bool = False) -> None:
+    """The one check of a local table output's location, before lancedb sees it (`connect` runs it): lancedb would
+    create a missing folder even to read it, fail with FileExistsError on a file, and write its tables beside whatever
+    a folder holds. Missing: FileNotFoundError, unless `create`. A file, or (when `create`) a folder holding anything
+    but LanceDB tables (`NAME.lance` folders; dot files are ignored): ValueError naming it. Standard library only, so
+    that `clapforge search` answers a missing table before torch is imported. Object-storage URIs are not checked."""
+    local = local_path(uri)
+    if local is None:
+        return
+    if local.exists() and not local.is_dir():
+        raise ValueError(f"{uri} is a file, not a table: a table is a folder written by `clapforge embed MODEL INPUT "
+                         "OUT.lance`; name another OUT.lance, or move the file away")
+    if not local.exists():
+        if create:
+            return
+        raise FileNotFoundError(f"no such table: {uri} (make it with `clapforge embed MODEL INPUT OUT.lance`)")
+    if create:
+        foreign = sorted(entry.name for entry in local.iterdir() if not entry.name.startswith(".")
+                         and not (entry.is_dir() and entry.name.endswith(SUFFIX)))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise ValueError(f"{uri} is a folder holding other files ({shown}), not a clapforge table: write the "
+                             "table to a new or empty folder")
+
+
+def connect(uri: str | os.PathLike, create: bool = False) -> Any:
+    """The LanceDB database of a table output, after `check_location` (nothing is created unless `create`)."""
+    check_location(uri, create=create)
     import lancedb
 
     return lancedb.connect(str(uri))
 
 
 def open_tables(uri: str | os.PathLike) -> dict[str, Any]:
-    """{"files": table(, "windows": table)} of an existing table output; FileNotFoundError naming `uri` if absent."""
+    """{"files": table(, "windows": table)} of an existing table output; FileNotFoundError naming `uri` if absent
+    (nothing is created), ValueError if a file is in the way."""
     db = connect(uri)
     names = set(_table_names(db))
     if FILES not in names:
@@ -109,7 +138,9 @@ def _schemas(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_settings(uri: str | os.PathLike, settings: dict[str, Any]) -> None:
-    """Refuse to write into an existing table made with another model or other settings (nothing is mixed)."""
+    """Refuse to write into an existing table made with another model or other settings (nothing is mixed), or into
+    a location that cannot hold a table (`check_location`)."""
+    check_location(uri, create=True)
     try:
         tables = open_tables(uri)
     except FileNotFoundError:
@@ -131,8 +162,8 @@ def check_settings(uri: str | os.PathLike, settings: dict[str, Any]) -> None:
 
 def create_tables(uri: str | os.PathLike, settings: dict[str, Any], overwrite: bool = False) -> dict[str, Any]:
     """Open the tables of `uri`, creating the missing ones (empty) with the run's settings; `overwrite` drops the
-    earlier ones first."""
-    db = connect(uri)
+    earlier ones first. A file, or a folder holding other files, at `uri` is refused (`check_location`)."""
+    db = connect(uri, create=True)
     names = set(_table_names(db))
     tables = {}
     for name, schema in _schemas(settings).items():
@@ -158,6 +189,7 @@ def column_values(table: Any, columns: list[str]) -> dict[str, list[Any]]:
 
 
 def _vectors(embeddings: Sequence[np.ndarray], dim: int) -> Any:
+    import numpy as np
     import pyarrow as pa
 
     flat = np.asarray(embeddings, dtype=np.float32).reshape(-1)
