@@ -168,10 +168,14 @@ class _TextTower:
 
 # Written beside the weights by `LaionClapModel.save_pretrained`, so that `SentenceTransformer(folder,
 # trust_remote_code=True)` loads the folder: one `Transformer` module whose modalities call the two embedding methods
-# (already L2-normalised: no Pooling or Normalize module), with the processor's 77-token text limit.
+# (already L2-normalised: no Pooling or Normalize module), with the processor's 77-token text limit. The module is
+# `LaionClapTransformer` (SENTENCE_TRANSFORMERS_MODULE, copied beside it): sentence-transformers alone takes only five
+# audio extensions for file paths and embeds any other path (bell.oga, clip.opus) as text.
+SENTENCE_TRANSFORMERS_MODULE = "sentence_transformers_laion_clap.py"
+_ST_TRANSFORMER = "sentence_transformers.base.modules.transformer.Transformer"
 SENTENCE_TRANSFORMERS_FILES = {
     "modules.json": [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"}
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers_laion_clap.LaionClapTransformer"}
     ],
     "sentence_bert_config.json": {
         "transformer_task": "feature-extraction",
@@ -235,7 +239,13 @@ class LaionClapModel(_AudioTower, _TextTower, LaionClapPreTrainedModel):
         """transformers' folder, plus the sentence-transformers configuration (`SENTENCE_TRANSFORMERS_FILES`)."""
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
-            for name, content in SENTENCE_TRANSFORMERS_FILES.items():
+            module = Path(__file__).with_name(SENTENCE_TRANSFORMERS_MODULE)
+            files = dict(SENTENCE_TRANSFORMERS_FILES)
+            if module.is_file():
+                (Path(save_directory) / module.name).write_text(module.read_text(encoding="utf-8"), encoding="utf-8")
+            else:  # re-saved from a copy whose module file was never fetched: plain sentence-transformers module
+                files["modules.json"] = [{**files["modules.json"][0], "type": _ST_TRANSFORMER}]
+            for name, content in files.items():
                 (Path(save_directory) / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
 
 
