@@ -29,6 +29,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write_text
+
 PIPELINE_TAG = "zero-shot-audio-classification"
 TAGS = ["clapforge", "clap", "laion-clap", "audio", "zero-shot-audio-classification", "custom_code"]
 DEFAULT_IGNORE_PATTERNS = (".prepare/*", "*.tmp*", "*.old-*", "__pycache__/*", "*.pyc")
@@ -85,9 +87,10 @@ def model_card(
     recipe: Mapping[str, Any] | None = None,
     metrics: Mapping[str, float] | None = None,
     *,
-    dataset_name: str = "validation set",
+    dataset_name: str | None = None,
     dataset_type: str | None = None,
     dataset_split: str = "validation",
+    split_metrics: Mapping[str, Mapping[str, float]] | None = None,
     base_model: str | list[str] | None = None,
     repo_id: str | None = None,
     license: str = "apache-2.0",
@@ -103,7 +106,9 @@ def model_card(
     `metrics` is what `clapforge.evaluation.evaluate_clap` returns on the validation data. Its scores become the
     card's `model-index`: retrieval keys (`t2a_R@1`, `a2t_mAP@10`, ...) under the task `audio-text-retrieval`, the
     others (`zero_shot_top1`, ...) under `zero-shot-audio-classification`, all against `dataset_name`
-    (`dataset_type` defaults to it: a Hub dataset id when there is one). `chance/<key>` entries become a column of
+    (`dataset_type` defaults to it: a Hub dataset id when there is one; name the corpus, as a local path or a Hub id:
+    without one the card can only say "<split> set"), on the split `dataset_split`. `split_metrics` maps other splits
+    of the same data (`{"test": {...}}`) to their scores, listed after it. `chance/<key>` entries become a column of
     the card's table and `n_<what>` counts a sentence above it; neither is a result, so neither is in `model-index`.
     The front matter is
     built with huggingface_hub's `ModelCardData`/`EvalResult`, so it has the shape the Hub validates, and is parsed
@@ -113,24 +118,15 @@ def model_card(
     `clapforge` tag says where it comes from. `recipe` (the training configuration) is shown as a YAML block.
     """
     import yaml
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+    from huggingface_hub import ModelCard, ModelCardData
 
-    scores, chance, counts = _split_metrics(metrics or {})
-    eval_results = []
-    for key, value in scores.items():
-        task_type, task_name = _task_for_metric(key)
-        eval_results.append(
-            EvalResult(
-                task_type=task_type,
-                task_name=task_name,
-                dataset_type=dataset_type or dataset_name,
-                dataset_name=dataset_name,
-                dataset_split=dataset_split,
-                metric_type=key,
-                metric_name=_metric_name(key),
-                metric_value=value,
-            )
-        )
+    dataset_name = dataset_name or f"{dataset_split} set"
+    evaluations = [(dataset_split, metrics or {}), *((split, m) for split, m in (split_metrics or {}).items() if m)]
+    eval_results, tables = [], []
+    for split, split_scores in evaluations:
+        results, table = _evaluation(split_scores, dataset_name, dataset_type or dataset_name, split)
+        eval_results += results
+        tables += [table] if table else []
     card_data = ModelCardData(
         model_name=model_name,
         license=license,
@@ -187,23 +183,80 @@ def model_card(
         f'probabilities = clapforge.classify(["dog.wav"], ["a dog barking", "rain on a roof"], model="{repo}")\n'
         "```"
     )
-    if eval_results:
-        size = "; ".join(f"{n} {what}" for what, n in counts.items())
-        rows = "\n".join(
-            f"| {r.task_name} | {r.metric_name} | {_format_value(r.metric_value)} | "
-            f"{_format_value(chance[r.metric_type]) if r.metric_type in chance else ''} |"
-            for r in eval_results
-        )
-        sections.append(
-            f"## Evaluation\n\nOn {dataset_name} ({dataset_split}{'; ' + size if size else ''}):\n\n"
-            f"| task | metric | value | chance |\n|---|---|---|---|\n{rows}"
-        )
+    if tables:
+        sections.append("## Evaluation\n\n" + "\n\n".join(tables))
     if recipe:
         recipe_yaml = yaml.safe_dump(dict(recipe), sort_keys=False, allow_unicode=True).rstrip()
         sections.append(f"## Training recipe\n\n```yaml\n{recipe_yaml}\n```")
     content = f"---\n{card_data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"
     ModelCard(content)  # parse back: raises on front matter the Hub would reject
     return content
+
+
+def add_card_results(
+    folder: str | Path,
+    metrics: Mapping[str, float],
+    dataset_split: str,
+    *,
+    dataset_name: str | None = None,
+    dataset_type: str | None = None,
+) -> Path:
+    """Add one more split's scores to the model card (README.md) of an exported folder: its `model-index` results
+    and a table under "## Evaluation". The data defaults to that of the card's first result (the corpus the model
+    was validated on); an earlier result of the same split is replaced. Used by `clapforge demo`, which evaluates the
+    exported folder on the held-out test split after training. Returns the card's path."""
+    from huggingface_hub import ModelCard
+
+    path = Path(folder) / "README.md"
+    card = ModelCard.load(path)
+    existing = list(card.data.eval_results or [])
+    name = dataset_name or (existing[0].dataset_name if existing else f"{dataset_split} set")
+    type_ = dataset_type or (existing[0].dataset_type if existing and not dataset_name else name)
+    results, table = _evaluation(metrics, name, type_, dataset_split)
+    card.data.eval_results = [r for r in existing if r.dataset_split != dataset_split] + results
+    text = re.sub(rf"\nOn [^\n]* \({re.escape(dataset_split)}[;)][^\n]*:\n\n(\|[^\n]*\n?)+", "\n", card.text)
+    if table:
+        if "## Evaluation" in text:
+            start = text.index("## Evaluation")
+            end = text.find("\n## ", start + 1)
+            end = len(text.rstrip("\n")) if end < 0 else end
+            text = text[:end].rstrip("\n") + "\n\n" + table + "\n" + text[end:]
+        else:
+            text = text.rstrip("\n") + "\n\n## Evaluation\n\n" + table + "\n"
+    content = f"---\n{card.data.to_yaml()}\n---\n" + text
+    ModelCard(content)  # parse back, as model_card does
+    atomic_write_text(path, content)
+    return path
+
+
+def _evaluation(metrics: Mapping[str, float], name: str, type_: str, split: str) -> tuple[list, str]:
+    """The `EvalResult`s of one split's scores and their table (with chance levels and counts) for the card."""
+    from huggingface_hub import EvalResult
+
+    scores, chance, counts = _split_metrics(metrics)
+    results = [
+        EvalResult(
+            task_type=_task_for_metric(key)[0],
+            task_name=_task_for_metric(key)[1],
+            dataset_type=type_,
+            dataset_name=name,
+            dataset_split=split,
+            metric_type=key,
+            metric_name=_metric_name(key),
+            metric_value=value,
+        )
+        for key, value in scores.items()
+    ]
+    if not results:
+        return [], ""
+    size = "; ".join(f"{n} {what}" for what, n in counts.items())
+    rows = "\n".join(
+        f"| {r.task_name} | {r.metric_name} | {_format_value(r.metric_value)} | "
+        f"{_format_value(chance[r.metric_type]) if r.metric_type in chance else ''} |"
+        for r in results
+    )
+    return results, (f"On {name} ({split}{'; ' + size if size else ''}):\n\n"
+                     f"| task | metric | value | chance |\n|---|---|---|---|\n{rows}")
 
 
 def _architecture(model: Any) -> dict[str, Any]:

@@ -90,8 +90,10 @@ class ContrastiveObjective(TrainingObjective):
         from ..hub import export_hub_folder, push_folder
 
         recipe = self.recipe
+        # The card names the data it was validated on: the corpus as the recipe gives it (a local path or a Hub id).
         folder = export_hub_folder(
-            model, processor, out / "hub", recipe=recipe.to_dict(), metrics=metrics, model_name=recipe.name
+            model, processor, out / "hub", recipe=recipe.to_dict(), metrics=metrics, model_name=recipe.name,
+            dataset_name=recipe.data.validation, dataset_split=recipe.data.validation_split,
         )
         if recipe.push_to_hub:
             push_folder(folder, recipe.push_to_hub)
