@@ -65,16 +65,17 @@ def work(tmp_path_factory):
 # ------------------------------------------------------------------------------------------------ .lance paths
 
 
-def test_a_missing_table_is_reported_and_nothing_is_created(work, tmp_path):
+def test_a_missing_table_is_reported_and_nothing_is_created(work, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     done, imported, errors = run_console_script("search", "nothere.lance", "a dog", cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
-    assert errors == ["clapforge search: error: no such table: nothere.lance (make it with `clapforge embed MODEL "
-                      "INPUT OUT.lance`)"]
+    assert errors == ["clapforge search: error: nothere.lance is not a clapforge table: no such table (make it with "
+                      "`clapforge embed MODEL INPUT OUT.lance`)"]
     assert not (tmp_path / "nothere.lance").exists()
     assert not imported & HEAVY, sorted(imported & HEAVY)  # answered from the command line alone
     for command in (["index", "build", "nothere.lance"], ["search", "nothere.lance", "a dog"]):
         assert cli_main([*command]) == 2
-        assert not Path("nothere.lance").exists()
+        assert not (tmp_path / "nothere.lance").exists()
     with pytest.raises(FileNotFoundError, match="no such table"):
         api.search(tmp_path / "gone.lance", text="a dog", model=work / "model")
     assert not (tmp_path / "gone.lance").exists()

@@ -74,7 +74,8 @@ def check_location(uri: str | os.PathLike, create: bool = False) -> None:
     if not local.exists():
         if create:
             return
-        raise FileNotFoundError(f"no such table: {uri} (make it with `clapforge embed MODEL INPUT OUT.lance`)")
+        raise FileNotFoundError(f"{uri} is not a clapforge table: no such table (make it with `clapforge embed MODEL "
+                                "INPUT OUT.lance`)")
     if create:
         foreign = sorted(entry.name for entry in local.iterdir() if not entry.name.startswith(".")
                          and not (entry.is_dir() and entry.name.endswith(SUFFIX)))
