@@ -67,3 +67,29 @@ def test_model_card_lists_every_split():
     assert {(r.dataset_name, r.dataset_split) for r in card.data.eval_results} == {
         ("ashraq/esc50", "validation"), ("ashraq/esc50", "test")
     }
+
+
+def test_the_cards_examples_run_as_written(tmp_path):
+    """The card's "How to use" blocks run offline against the exported folder, named as the card names the repo."""
+    import os
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    from clapforge.hub import export_hub_folder
+    from conftest import randomize_, write_wav
+
+    torch.manual_seed(0)
+    model = randomize_(clapforge.create_model("test-tiny"))
+    processor = LaionClapProcessor(clapforge.create_feature_extractor("test-tiny", model.config), make_tokenizer())
+    folder = export_hub_folder(model, processor, tmp_path / "clap-tiny", metrics=VALIDATION,
+                               dataset_name="runs/demo/corpus", repo_id="clap-tiny")
+    shutil.copyfile(write_wav(tmp_path / "dog.wav", seed=1, seconds=1.0), tmp_path / "rain.flac")
+    examples = re.findall(r"^```python\n(.*?)^```$", ModelCard.load(folder / "README.md").text, flags=re.S | re.M)
+    assert len(examples) == 3
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "home"), HF_MODULES_CACHE=str(tmp_path / "m"))
+    for code in examples:
+        result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, f"{code}\n---\n{result.stderr[-3000:]}"

@@ -159,15 +159,17 @@ def model_card(
         f'model = AutoModel.from_pretrained("{repo}", trust_remote_code=True).eval()\n'
         f'processor = AutoProcessor.from_pretrained("{repo}", trust_remote_code=True)\n\n'
         'labels = ["a dog barking", "rain on a roof"]\n'
-        'inputs = processor(text=[f"This is a sound of {label}." for label in labels], audio=[waveform],\n'
-        "                   sampling_rate=sampling_rate)  # any rate: it is resampled to the model's\n"
+        "# audio: file paths (any format FFmpeg decodes, with torchcodec installed), or arrays with\n"
+        "# `sampling_rate=` (any rate: it is resampled to the model's)\n"
+        'inputs = processor(text=[f"This is a sound of {label}." for label in labels], audio=["dog.wav"])\n'
         "with torch.no_grad():\n"
         "    outputs = model(**inputs)\n"
         "probabilities = outputs.logits_per_audio.softmax(dim=-1)  # (clips, labels)\n"
         "audio_embeds, text_embeds = outputs.audio_embeds, outputs.text_embeds  # L2-normalised\n"
         "```\n\n"
         "With [sentence-transformers](https://sbert.net) (6.2 or newer), which also opens MTEB/MAEB and vector "
-        "databases; audio is a file path or a `{\"array\", \"sampling_rate\"}` dict, one rate per call:\n\n"
+        "databases; audio is a path to an audio file (.wav, .flac, .mp3, .ogg, .oga, .opus, .m4a, .webm, .aiff, ...) "
+        "or a `{\"array\", \"sampling_rate\"}` dict, one rate per call:\n\n"
         "```python\n"
         "from sentence_transformers import SentenceTransformer\n\n"
         f'model = SentenceTransformer("{repo}", trust_remote_code=True)\n'
