@@ -181,7 +181,7 @@ def _query_model(index: Any, model: ModelOrEngine | None, recorded: str | None, 
     engine = load_engine(model, backend=backend, precision=precision)
     given = weights_hash(engine.model)
     if recorded_hash is None:
-        recorded_hash = _local_weights_hash(recorded, backend, precision)
+        recorded_hash = _local_weights_hash(recorded)
     if given == recorded_hash:
         return engine
     name = str(model) if isinstance(model, str | os.PathLike) else f"the given {type(model).__name__}"
@@ -191,8 +191,9 @@ def _query_model(index: Any, model: ModelOrEngine | None, recorded: str | None, 
                      "index's own, or pass --allow-other-model (allow_other_model=True) to rank anyway")
 
 
-def _local_weights_hash(recorded: str | None, backend: str, precision: str) -> str | None:
-    """The weights hash of an index's recorded model when it is a local folder still there, else None."""
+def _local_weights_hash(recorded: str | None) -> str | None:
+    """The weights hash of an index's recorded model when it is a local folder still there, else None. Loaded with
+    the backend that folder runs in (not the query's: an index made with PyTorch may be searched through an export)."""
     if not recorded:
         return None
     try:
@@ -200,7 +201,7 @@ def _local_weights_hash(recorded: str | None, backend: str, precision: str) -> s
             return None  # the Hub is not asked: a search refused for want of the network would be worse
     except (FileNotFoundError, ValueError):
         return None
-    return weights_hash(load_engine(recorded, backend=backend, precision=precision).model)
+    return weights_hash(load_engine(recorded, precision="fp32").model)
 
 
 def _query(text: str | None, audio: AudioLike | None, model: ModelOrEngine | None, sampling_rate: int | None,
