@@ -119,6 +119,7 @@ def test_rerun_embeds_only_new_and_changed_files_and_drops_deleted_ones(work, fo
     assert len(replaced) == 5 and replaced["a.wav"]["duration"] == pytest.approx(1.5)
     assert replaced["a.wav"]["content_hash"] != before["a.wav"]["content_hash"]
     expected = api.embed_audio(folder / "a.wav", model=work / "model")[0]
+    clips_embedded["clips"] -= 1
     np.testing.assert_allclose(replaced["a.wav"]["embedding"], expected.numpy(), atol=1e-5)
 
     (folder / "sub/c.wav").unlink()
