@@ -15,7 +15,8 @@ from ._types import non_negative_int, positive_int
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "embed",
-        help="embed audio files (a folder, a file list or a datasets source) into a parquet/safetensors file",
+        help="embed audio files (a folder, a file list or a datasets source) into a parquet/safetensors file or a "
+        "LanceDB table (.lance)",
         description="Resumable (a rerun skips finished parts) and splits the work under `accelerate launch`.",
     )
     parser.add_argument("model", help="clapforge model folder or Hub id")
