@@ -1,14 +1,15 @@
 """`clapforge demo` (= `make demo`): the main job on the built-in default, on a CPU, in under ten minutes.
 
-Synthesises a corpus, trains the shipped `recipes/demo.yaml` on it and evaluates the exported model on held-out
-phrasings (`clapforge.demo` has the steps).
+Synthesises a corpus, trains the shipped demo recipe that fits the CPU on it (`recipes/demo.yaml` in bf16 where the CPU
+has bf16 kernels, `recipes/demo-fp32.yaml` elsewhere) and evaluates the exported model on held-out phrasings
+(`clapforge.demo` has the steps).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from ..demo import DEFAULT_CLIPS, DEFAULT_OUT, RECIPE
+from ..demo import DEFAULT_CLIPS, DEFAULT_OUT
 from ._types import positive_int
 
 
@@ -22,7 +23,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--clips", type=positive_int, default=DEFAULT_CLIPS,
                         help=f"corpus size when it is made (default {DEFAULT_CLIPS})")
     parser.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
-    parser.add_argument("--recipe", default=str(RECIPE), help="training recipe (default recipes/demo.yaml)")
+    parser.add_argument("--recipe", default=None, help="training recipe (default: recipes/demo.yaml where the CPU has "
+                        "bf16 kernels, recipes/demo-fp32.yaml elsewhere)")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch threads (default: the cores left free)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
