@@ -91,6 +91,17 @@ def auto_precision_as_on_avx2():
         yield
 
 
+def save_tiny_model(folder: Path, seed: int) -> Path:
+    """A test-tiny model folder with its processor and tokenizer, weights randomised from `seed`."""
+    import clapforge
+
+    torch.manual_seed(0)
+    clapforge.LaionClapProcessor(clapforge.create_feature_extractor("test-tiny"), make_tokenizer()).save_pretrained(
+        folder)
+    randomize_(clapforge.create_model("test-tiny"), seed=seed, scale=0.2).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return make_tokenizer()

@@ -15,12 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-import clapforge
 from clapforge.cli import main as cli_main
 from clapforge.tools import api
-from conftest import make_tokenizer, randomize_, write_wav
+from conftest import save_tiny_model, write_wav
 
 BIN = Path(sys.executable).parent
 HEAVY = {"torch", "transformers"}
@@ -38,21 +36,13 @@ def run_console_script(*args: str, cwd: Path) -> tuple[subprocess.CompletedProce
     return done, imported, errors
 
 
-def _save_model(folder: Path, seed: int) -> Path:
-    torch.manual_seed(0)
-    clapforge.LaionClapProcessor(clapforge.create_feature_extractor("test-tiny"), make_tokenizer()).save_pretrained(
-        folder)
-    randomize_(clapforge.create_model("test-tiny"), seed=seed, scale=0.2).save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """Two tiny models of other weights (`model`, `other`), a copy of `model` elsewhere (`copy`: same weights), a few
     clips, and `model`'s embeddings as a file and as a table."""
     root = tmp_path_factory.mktemp("doors_tables")
-    _save_model(root / "model", seed=1)
-    _save_model(root / "other", seed=2)
+    save_tiny_model(root / "model", seed=1)
+    save_tiny_model(root / "other", seed=2)
     shutil.copytree(root / "model", root / "copy")
     for i in range(3):
         write_wav(root / "audio" / f"{i}.wav", seed=i, seconds=0.5)

@@ -22,7 +22,7 @@ from clapforge.cli import main as cli_main
 from clapforge.inference.engine import EmbeddingEngine
 from clapforge.tools import api, table, table_search
 from clapforge.tools.embed import TEST_SLEEP_ENV, embed_files
-from conftest import make_tokenizer, randomize_
+from conftest import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = {"a.wav": (1.0, 300), "b.wav": (2.5, 500), "sub/c.wav": (4.0, 700), "sub/d.wav": (12.0, 900)}
@@ -36,18 +36,10 @@ def _write(path: Path, seconds: float, freq: float, seed: int = 0, sr: int = 160
     AudioEncoder(torch.from_numpy(audio[None]), sample_rate=sr).to_file(str(path))
 
 
-def _save_model(folder: Path, seed: int) -> Path:
-    torch.manual_seed(0)
-    clapforge.LaionClapProcessor(clapforge.create_feature_extractor("test-tiny"), make_tokenizer()).save_pretrained(
-        folder)
-    randomize_(clapforge.create_model("test-tiny"), seed=seed, scale=0.2).save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("table")
-    _save_model(root / "model", seed=1)
+    save_tiny_model(root / "model", seed=1)
     for i, (key, (seconds, freq)) in enumerate(FILES.items()):
         _write(root / "audio" / key, seconds, freq, seed=i)
     return root
@@ -188,7 +180,7 @@ def test_killed_run_leaves_a_consistent_table_that_the_rerun_completes(work, tmp
 def test_a_table_of_another_model_is_refused(work, tmp_path):
     out = tmp_path / "t.lance"
     _embed(work / "model", work / "audio", out)
-    other = _save_model(tmp_path / "other", seed=2)
+    other = save_tiny_model(tmp_path / "other", seed=2)
     with pytest.raises(ValueError) as refused:
         _embed(other, work / "audio", out)
     message = str(refused.value)
