@@ -241,7 +241,7 @@ def test_an_unreachable_hub_ends_in_one_line_with_the_offline_route(work, tmp_pa
 def test_offline_mode_without_the_model_in_the_cache_says_so(monkeypatch):
     from huggingface_hub import constants
 
-    from clapforge.hub import HubUnreachable
+    from clapforge.hub_network import HubUnreachable
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(HubUnreachable, match="HF_HUB_OFFLINE is set and the Hugging Face cache does not hold model "
@@ -253,7 +253,7 @@ def test_network_failures_are_told_from_other_errors():
     import httpx2
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from clapforge.hub import is_network_error, network_error_line
+    from clapforge.hub_network import is_network_error, network_error_line
 
     def caused(error: BaseException, by: BaseException) -> BaseException:
         try:
@@ -276,7 +276,7 @@ def test_the_bounded_retries_are_undone_after_the_command():
     from huggingface_hub import constants
     from huggingface_hub.utils import _http
 
-    from clapforge.hub import CLI_RETRIES, bounded_hub_retries
+    from clapforge.hub_network import CLI_RETRIES, bounded_hub_retries
 
     before = dict(_http.http_backoff.__kwdefaults__), constants.HF_HUB_ETAG_TIMEOUT
     with bounded_hub_retries():

@@ -24,14 +24,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse, check the arguments (each command's `check(args)`, standard library only: an argument error answers
     before torch is imported), then run the command. Every expected failure ends in one line on stderr: a ValueError
-    or FileNotFoundError (exit 2), or a network failure with the offline route (`hub.network_error_line`, exit 1).
+    or FileNotFoundError (exit 2), or a network failure with the offline route (`hub_network.network_error_line`,
+    exit 1).
 
     A command that loads no model (`index`) says so with `set_defaults(uses_model=False)`: it runs without the Auto
     classes and the Hub client's retry bounds, so neither torch nor transformers nor huggingface_hub is imported for
     it (a table's index is built with lancedb alone). `--quiet` (where a command has it) also silences the library
     progress bars, transformers' "Loading weights" among them, for the command's duration."""
     args = build_parser().parse_args(argv)
-    from .hub import OFFLINE_ROUTE, PUSH_ROUTE, network_error_line
+    from .hub_network import OFFLINE_ROUTE, PUSH_ROUTE, network_error_line
 
     try:
         if (check := getattr(args, "check", None)) is not None:
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             return args.run(args)
         # Under the console script `import clapforge` left this out so that parsing stayed light (clapforge_cli.py).
         from .auto_classes import register_auto_classes
-        from .hub import bounded_hub_retries
+        from .hub_network import bounded_hub_retries
 
         register_auto_classes()
         with bounded_hub_retries(), _progress_bars(enabled=not getattr(args, "quiet", False)):

@@ -85,7 +85,7 @@ def load_model(
 
     Anything else given as `model` (a transformers or LAION checkpoint, an embeddings file, a corpus, a mistyped
     path) is refused in one line naming the fix (`inference.references`); a Hub id that cannot be fetched raises
-    `hub.HubUnreachable` with the offline route.
+    `hub_network.HubUnreachable` with the offline route.
     """
     if isinstance(model, tuple):
         if len(model) != 2:
@@ -155,7 +155,7 @@ def _fetching(reference: ModelReference) -> Iterator[None]:
     try:
         yield
     except Exception as error:
-        from ..hub import HubUnreachable, network_error_line
+        from ..hub_network import HubUnreachable, network_error_line
 
         line = None if reference.local else network_error_line(error, f"model {reference.name}")
         if line is None or isinstance(error, HubUnreachable):
